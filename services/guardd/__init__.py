@@ -1,0 +1,1 @@
+"""PunchGuard guardd: the WireGuard interface (the only privileged stage)."""

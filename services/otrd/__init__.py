@@ -1,0 +1,1 @@
+"""PunchGuard otrd: Off-the-Record session with the paired peer (unprivileged)."""

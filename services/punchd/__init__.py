@@ -1,0 +1,1 @@
+"""PunchGuard punchd: ICE hole punching and the hand-off to WireGuard (unprivileged)."""

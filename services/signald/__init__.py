@@ -1,0 +1,1 @@
+"""PunchGuard signald: Tox signaling with the paired peer (unprivileged)."""
