@@ -450,6 +450,22 @@ def _decode(frames: Sequence[bytes]) -> tuple[Envelope, Message]:
     return env, cls(**kwargs)
 
 
+def pack(msg: Message, *, src: str, seq: int = 0) -> bytes:
+    """``msg`` as one opaque payload (the envelope only), for messages carried inside others:
+    e.g. punchd's ``ice.params`` travels as the payload of ``otr.send`` / ``otr.recv``."""
+    return encode(msg, src=src, seq=seq)[1]
+
+
+def unpack(payload: bytes) -> tuple[Envelope, Message]:
+    """The inverse of ``pack``: a message or ``DecodeError``, never anything else."""
+    try:
+        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, timestamp=0)
+        topic = topic_for(str(raw["src"]), str(raw["type"]))
+    except Exception:
+        raise DecodeError("not_msgpack", "payload is not an envelope") from None
+    return decode([topic, payload])
+
+
 def _to_wire(value: object) -> object:
     if isinstance(value, enum.IntEnum):
         return int(value)

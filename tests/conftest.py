@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,8 +30,9 @@ def run_id() -> str:
 
 
 @pytest.fixture
-def runtime_dir(tmp_path: Path) -> Iterator[Path]:
-    """A private runtime directory for one host's bus (short path: UNIX sockets max ~107)."""
-    d = tmp_path / "run"
-    d.mkdir()
+def runtime_dir() -> Iterator[Path]:
+    """A private runtime directory for one host's bus, with a short path (a UNIX socket path
+    has at most 107 bytes, and pytest's tmp_path can be longer than that)."""
+    d = Path(tempfile.mkdtemp(prefix="pg-run-"))
     yield d
+    shutil.rmtree(d, ignore_errors=True)
