@@ -34,6 +34,9 @@ SOCKET_SUFFIX = ".pub"
 ZMQ_MAX_MSG = 1024 * 1024
 HWM = 10_000
 STATS_EVERY = 10  # heartbeats: republish unchanged stats this often
+#: The runtime directory: group members create their sockets; the sticky bit stops them from
+#: removing or replacing each other's (zmq unlinks a stale socket before binding).
+RUNTIME_DIR_MODE = 0o1770
 
 DropHandler = Callable[[str, str, str], None]
 
@@ -65,11 +68,11 @@ def group_id(group: str | None) -> int | None:
 
 
 def ensure_runtime_dir(path: Path, group: str | None) -> None:
-    """Create the runtime directory (0750, group ``group``) if we can; leave an existing one."""
+    """Create the runtime directory (1770, group ``group``) if we can; leave an existing one."""
     if path.is_dir():
         return
     path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o750)
+    os.chmod(path, RUNTIME_DIR_MODE)
     gid = group_id(group)
     if gid is not None:
         with contextlib.suppress(PermissionError):

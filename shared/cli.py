@@ -15,6 +15,7 @@ from punchguard import SERVICES, __version__
 from punchguard import config as configmod
 from punchguard.bus import Bus, endpoint_path
 from punchguard.messages import Message
+from punchguard.stack import Stack, StackError
 from punchguard.tap import TapOptions, message_fields, tap
 
 
@@ -115,6 +116,34 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack(args: argparse.Namespace) -> Stack:
+    cfg = configmod.load(args.config)
+    return Stack(cfg, configmod.config_file(args.config))
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    try:
+        proc = stack.supervisord(foreground=args.foreground)
+    except StackError as e:
+        print(f"punchguard start: {e}", file=sys.stderr)
+        return 2
+    rc = proc.wait()
+    if rc == 0 and not args.foreground:
+        print(f"started: supervisord for {stack.runtime_dir} (logs there)", file=sys.stderr)
+    return rc
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop the control plane; the WireGuard interface stays (see `punchguard down`)."""
+    return _stack(args).ctl("shutdown").returncode
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    return _stack(args).ctl(*rest).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="punchguard",
@@ -149,6 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--wait", type=float, default=1.5, help="seconds to listen (default 1.5)")
     s.set_defaults(func=cmd_status)
+
+    st = sub.add_parser(
+        "start",
+        help="start this host's stack under supervisord",
+        description="Prepare the runtime and state directories and start supervisord with "
+        "deploy/supervisord.conf (needs root). Paths come from the config file and "
+        "$PUNCHGUARD_RUNTIME_DIR / $PUNCHGUARD_STATE_DIR.",
+    )
+    st.add_argument("--foreground", action="store_true", help="do not daemonize")
+    st.set_defaults(func=cmd_start)
+    sp = sub.add_parser("stop", help="stop supervisord and the four stages (tunnel stays)")
+    sp.set_defaults(func=cmd_stop)
+    ctl = sub.add_parser(
+        "ctl",
+        help="supervisorctl for this host's stack, e.g. `punchguard ctl restart punchguard:otrd`",
+    )
+    ctl.add_argument("rest", nargs=argparse.REMAINDER, help="supervisorctl arguments")
+    ctl.set_defaults(func=cmd_ctl)
 
     c = sub.add_parser("config", help="check the config file and show where things go")
     c.set_defaults(func=cmd_config)
