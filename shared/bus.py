@@ -250,10 +250,9 @@ class Bus:
                 self._drop(service, e.reason, e.detail)
                 continue
             self.received += 1
-            try:
-                self._queue.put_nowait(Incoming(service, env, msg))
-            except asyncio.QueueFull:
-                self._drop(service, "overflow", msg.TYPE)
+            # Backpressure: a full queue stops this reader; ZeroMQ then queues up to HWM and
+            # the publisher drops beyond it (PUB semantics; level-triggered state tolerates it).
+            await self._queue.put(Incoming(service, env, msg))
 
     def _drop(self, service: str, reason: str, detail: str) -> None:
         self.drops[reason] += 1
