@@ -5,7 +5,8 @@ Where things come from, in order of precedence:
    serve several hosts in a lab or a test);
 2. the file: ``--config FILE``, else ``$PUNCHGUARD_CONFIG``, else ``/etc/punchguard/config.toml``
    if it exists;
-3. the defaults below (public Tox bootstrap nodes and STUN servers for a real machine).
+3. the defaults below (public Tox bootstrap nodes and STUN servers for a real machine);
+and over all of it, the peer record written by `punchguard pair` (``peer_file``).
 
 Every section is a frozen dataclass; a key that is unknown, or a value of the wrong type, is a
 ``ConfigError`` naming the file, the key and what was expected.
@@ -27,6 +28,7 @@ DEFAULT_CONFIG_FILE = Path("/etc/punchguard/config.toml")
 ENV_CONFIG = "PUNCHGUARD_CONFIG"
 ENV_RUNTIME_DIR = "PUNCHGUARD_RUNTIME_DIR"
 ENV_STATE_DIR = "PUNCHGUARD_STATE_DIR"
+ENV_PEER_FILE = "PUNCHGUARD_PEER_FILE"
 
 
 class ConfigError(Exception):
@@ -61,7 +63,8 @@ class ToxNode:
 
 @dataclass(frozen=True)
 class ToxConfig:
-    # Public nodes from the Tox project's node list; the lab and tests configure their own.
+    # Public nodes from the Tox project's node list (nodes.tox.chat; keys checked against
+    # clients' copies of it, Nov 2026); the lab and tests configure their own.
     bootstrap_nodes: tuple[ToxNode, ...] = (
         ToxNode(
             "tox.abilinski.com",
@@ -75,13 +78,26 @@ class ToxConfig:
             "3F0A45A268367C1BEA652F258C85F4A66DA76BCAA667A49E770BCC4917AB6A25",
             3389,
         ),
+        ToxNode(
+            "tox.novg.net",
+            33445,
+            "D527E5847F8330D628DAB1814F0A422F6DC9D0A300E6C357634EE2DA88C35463",
+            33445,
+        ),
+        ToxNode(
+            "tox.kurnevsky.net",
+            33445,
+            "82EF82BA33445A1F91A7DB27189ECFC0C013E06E3DA71F588ED692BED625EC23",
+            33445,
+        ),
     )
     udp: bool = True
     ipv6: bool = False
     local_discovery: bool = False
     start_port: int = 0  # 0 = toxcore's default range
     end_port: int = 0
-    iterate_sleep: float = 0.005  # seconds between tox_iterate calls (design 4.1: ~1% CPU)
+    iterate_sleep: float = 0.005  # seconds between tox_iterate calls while payloads flow
+    iterate_idle_sleep: float = 0.02  # ... and after 2 s without a payload (docs/signald.md)
 
 
 @dataclass(frozen=True)
@@ -100,9 +116,20 @@ class TurnServer:
 
 @dataclass(frozen=True)
 class IceConfig:
+    # "host:port"; two or more let punchd tell a cone NAT from a symmetric one (docs/punchd.md)
     stun_servers: tuple[str, ...] = ("stun.l.google.com:19302", "stun.cloudflare.com:3478")
-    turn_servers: tuple[TurnServer, ...] = ()
+    turn_servers: tuple[TurnServer, ...] = ()  # aioice uses the first one
     ipv6: bool = False
+    # Timers tuned for a VPN (design 4.3): a STUN transaction gives up after
+    # check_rto * (2 ** (check_retries + 1) - 1) seconds (0.1 s, 4 -> 3.1 s).
+    check_rto: float = 0.1
+    check_retries: int = 4
+    gather_timeout: float = 4.0  # seconds for STUN/TURN answers while gathering
+    answer_timeout: float = 10.0  # the peer's candidates must arrive within this
+    checks_timeout: float = 15.0  # safety net over a whole attempt's checks
+    backoff_initial: float = 1.0  # first retry delay; doubles per failure, +-20% jitter
+    backoff_max: float = 60.0
+    hopeless_retry: float = 300.0  # both NATs symmetric and no relay: retry this slowly
 
 
 @dataclass(frozen=True)
@@ -111,6 +138,12 @@ class WireGuardConfig:
     backend: str = "auto"  # auto, kernel, wireguard-go
     keepalive: int = 5  # persistent keepalive, seconds
     address: str = ""  # this host's tunnel address, CIDR (else from the peer record)
+
+
+@dataclass(frozen=True)
+class OtrConfig:
+    retry_initial: float = 2.0  # seconds before otrd repeats its AKE move; doubles each time
+    retry_max: float = 30.0  # cap of that backoff, seconds
 
 
 @dataclass(frozen=True)
@@ -133,6 +166,7 @@ class Config:
     ice: IceConfig = field(default_factory=IceConfig)
     wireguard: WireGuardConfig = field(default_factory=WireGuardConfig)
     peer: PeerConfig = field(default_factory=PeerConfig)
+    otr: OtrConfig = field(default_factory=OtrConfig)
     source: str = "<defaults>"  # the file it came from (not a TOML key)
 
 
@@ -170,7 +204,40 @@ def load(path: str | os.PathLike[str] | None = None, *, env: bool = True) -> Con
             raise ConfigError(f"{file}: permission denied") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{file}: not valid TOML: {e}") from None
-    return from_dict(data, source=source, env=env)
+    cfg = from_dict(data, source=source, env=env)
+    return _with_peer_record(cfg, peer_file(cfg) if env else None)
+
+
+def peer_file(cfg: Config) -> Path:
+    """The peer record written by `punchguard pair`: $PUNCHGUARD_PEER_FILE, else
+    ``<state_dir>/peer.toml`` (supervisord gives each stage a subdirectory as its state dir,
+    and the record's path explicitly)."""
+    return Path(os.environ.get(ENV_PEER_FILE) or cfg.paths.state_dir / "peer.toml")
+
+
+def _with_peer_record(cfg: Config, path: Path | None) -> Config:
+    """Overlay the peer record: its [peer] keys and [wireguard] address win over the file's."""
+    if path is None:
+        return cfg
+    try:
+        with open(path, "rb") as fh:
+            record = tomllib.load(fh)
+    except FileNotFoundError:
+        return cfg
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the peer record: {e}") from None
+    unknown = set(record) - {"peer", "wireguard"}
+    if unknown or set(record.get("wireguard", {})) - {"address"}:
+        raise ConfigError(f"{path}: a peer record holds only [peer] and [wireguard] address")
+    peer = _build(
+        PeerConfig, {**dataclasses.asdict(cfg.peer), **record.get("peer", {})}, str(path), "peer"
+    )
+    wg = cfg.wireguard
+    if "address" in record.get("wireguard", {}):
+        wg = dataclasses.replace(
+            wg, address=_convert(str, record["wireguard"]["address"], str(path), "address")
+        )
+    return dataclasses.replace(cfg, peer=peer, wireguard=wg)
 
 
 def loads(text: str, *, source: str = "<string>", env: bool = False) -> Config:
