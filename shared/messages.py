@@ -209,6 +209,9 @@ class SignalState(Message):
     peer_public_key: str = ""  # the paired peer's Tox public key (public)
     want_online: bool = True  # the policy's current wish
     reason: str = ""
+    max_payload: int = 0  # largest signal.send payload accepted (docs/signald.md)
+    ignored_requests: int = 0  # friend requests ignored (nobody but the peer is a friend)
+    ignored_messages: int = 0  # messages/packets dropped: strangers, text messages, bad packets
 
 
 @register
@@ -318,7 +321,14 @@ class IceParams(Message):
     """ICE credentials and candidates for the peer's punchd; travels inside ``otr.send``.
 
     ``candidates`` are RFC 8839 candidate-attribute strings; ``complete`` signals
-    end-of-candidates.
+    end-of-candidates. The controlling side opens a session (a fresh random ``session`` id);
+    the controlled side answers with the same id. ``restart`` (controlled -> controlling, with
+    empty credentials) asks for a new session; ``connected`` (controlled -> controlling) says its
+    checks succeeded, so the controlling side may close its ICE sockets (docs/punchd.md).
+
+    body: {"session": 1234567, "ufrag": "abcd", "pwd": "<22+ chars>",
+           "candidates": ["1 1 UDP 2130706431 10.1.0.2 40123 typ host", ...],
+           "complete": true, "nat": 1, "restart": false, "connected": false}
     """
 
     TYPE: ClassVar[str] = "ice.params"
@@ -328,6 +338,8 @@ class IceParams(Message):
     candidates: tuple[str, ...] = ()
     complete: bool = True
     nat: NatKind = NatKind.UNKNOWN
+    restart: bool = False  # controlled -> controlling: please open a new session
+    connected: bool = False  # controlled -> controlling: my checks succeeded
 
 
 # -- guardd ----------------------------------------------------------------------------------
@@ -351,6 +363,8 @@ class GuardState(Message):
     generation: int = 0  # of the path applied
     since: float = 0.0
     reason: str = ""
+    refused: int = 0  # bus messages refused since start (bad paths, wrong endpoint or type)
+    last_refused: str = ""  # why the last one was refused, e.g. "bad_port: local_port=0"
 
 
 # --------------------------------------------------------------------------------------------

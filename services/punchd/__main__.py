@@ -1,28 +1,23 @@
-"""PunchGuard punchd: ICE hole punching and the hand-off to WireGuard (unprivileged)."""
+"""PunchGuard punchd: ICE hole punching and the hand-off to WireGuard (unprivileged).
+
+Design: core.py (pure state machine), ice_adapter.py (every aioice internal), runner.py (bus and
+asyncio). docs/punchd.md describes the behaviour, the wire messages and the timers.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-from punchguard.messages import PunchState, PunchStateKind
+from punchd.runner import Runner
 from punchguard.service import ServiceContext, run
 
 
 async def serve(ctx: ServiceContext) -> None:
-    # Placeholder until the service's issue lands: publish a state and idle.
-    ctx.bus.set_state(PunchState(PunchStateKind.IDLE, reason="not implemented yet"))
-    await asyncio.Event().wait()
+    await Runner(ctx).run()
 
 
 def main() -> None:
-    sys.exit(
-        run(
-            "punchd",
-            serve,
-            description=__doc__ or "",
-        )
-    )
+    sys.exit(run("punchd", serve, description=__doc__ or ""))
 
 
 if __name__ == "__main__":
