@@ -107,6 +107,7 @@ class Runner:
 
     async def run(self) -> None:
         ice_adapter.set_timers(self.cfg.check_rto, self.cfg.check_retries)
+        ice_adapter.exclude_interfaces([self.ctx.config.wireguard.interface])
         self.bus.subscribe("signald", ("signal.state",))
         self.bus.subscribe("otrd", ("otr.state", "otr.recv"))
         self.bus.subscribe("guardd", ("guard.state",))

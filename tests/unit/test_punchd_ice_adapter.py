@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import aioice
 import aioice.ice
 import aioice.stun
+import ifaddr
 import pytest
 
 from punchd import ice_adapter
@@ -134,3 +135,16 @@ async def test_no_remote_candidates_fails_once_end_is_signalled(fast_timers: Non
             await asyncio.wait_for(a.connect("abcd", "p" * 22, []), 10)
     finally:
         await a.close()
+
+
+def test_excluded_interfaces_yield_no_host_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    # aioice asks this module function for host addresses when it gathers (pinned here)
+    assert callable(aioice.ice.get_host_addresses)
+    adapters = [
+        ifaddr.Adapter("eth0", "eth0", [ifaddr.IP("10.1.0.2", 24, "eth0")]),
+        ifaddr.Adapter("pgtest", "pgtest", [ifaddr.IP("10.186.1.1", 24, "pgtest")]),
+    ]
+    monkeypatch.setattr(ifaddr, "get_adapters", lambda: adapters)
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
+    ice_adapter.exclude_interfaces(["pgtest"])
+    assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) == ["10.1.0.2"]
