@@ -196,7 +196,10 @@ class SignalState(Message):
     """signald's state: Tox connectivity and the paired peer's.
 
     body: {"state": 3, "self_conn": 2, "peer_conn": 2, "since": 1764093120.1,
-           "peer_since": 1764093121.0, "address": "<76 hex>", "want_online": true, "reason": ""}
+           "peer_since": 1764093121.0, "address": "<76 hex>", "peer_public_key": "<64 hex>",
+           "want_online": true, "reason": "", "max_payload": 1372, "ignored_requests": 0,
+           "ignored_messages": 0}
+    Hex is upper case. Rules (online/offline policy, counters): docs/signald.md.
     """
 
     TYPE: ClassVar[str] = "signal.state"

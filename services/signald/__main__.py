@@ -1,28 +1,19 @@
-"""PunchGuard signald: Tox signaling with the paired peer (unprivileged)."""
+"""PunchGuard signald: Tox signaling with the paired peer (unprivileged).
+
+Run as ``python -m signald [--config FILE] [--runtime-dir DIR] [--state-dir DIR]``; see
+docs/signald.md. ``python -m signald.address`` prints this host's Tox address for pairing.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-from punchguard.messages import SignalState, SignalStateKind
-from punchguard.service import ServiceContext, run
-
-
-async def serve(ctx: ServiceContext) -> None:
-    # Placeholder until the service's issue lands: publish a state and idle.
-    ctx.bus.set_state(SignalState(SignalStateKind.OFFLINE, reason="not implemented yet"))
-    await asyncio.Event().wait()
+from punchguard.service import run
+from signald.runner import serve
 
 
 def main() -> None:
-    sys.exit(
-        run(
-            "signald",
-            serve,
-            description=__doc__ or "",
-        )
-    )
+    sys.exit(run("signald", serve, description=__doc__ or ""))
 
 
 if __name__ == "__main__":

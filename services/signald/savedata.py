@@ -1,0 +1,56 @@
+"""Tox savedata on disk: ``<state_dir>/tox.save``, 0600, replaced atomically.
+
+The savedata holds the Tox secret key (our identity) and the friend list. A write goes to a
+temporary file in the same directory (created 0600, so the secret is never readable by others),
+is fsynced, renamed over the old file and the directory is fsynced: a crash at any moment leaves
+either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+FILE_NAME = "tox.save"
+
+
+def path_in(state_dir: Path) -> Path:
+    return state_dir / FILE_NAME
+
+
+def ensure_state_dir(state_dir: Path) -> None:
+    """Create the state directory (0700) if it does not exist; leave an existing one alone."""
+    if not state_dir.is_dir():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(state_dir, 0o700)
+
+
+def load(path: Path) -> bytes | None:
+    """The saved data, or None if there is none yet (a new identity)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return data or None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)  # in case an old tmp of ours existed with other bits
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
