@@ -1,6 +1,6 @@
 """Bus benchmark: publish-to-receive latency and throughput between two processes over IPC.
 
-    .venv/bin/python bench/bus.py [--rate 1000] [--seconds 5] [--burst 100000]
+    .venv/bin/python -m bench.bus [--rate 1000] [--seconds 5] [--burst 100000]
 
 Prints one JSON object. Latency: a publisher process sends ``signal.recv`` messages carrying
 its CLOCK_MONOTONIC send time (system-wide, so comparable across processes) at ``--rate``
