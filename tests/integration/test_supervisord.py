@@ -41,8 +41,30 @@ class Host:
             f'[wireguard]\ninterface = "{name}"\n'
         )
         os.chmod(self.config, 0o644)
+        self.pair_with_a_peer()
         sh("ip", "netns", "add", name)
         sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def pair_with_a_peer(self) -> None:
+        """guardd needs a peer (its key and tunnel address): pair with a second identity."""
+        peer_config = self.root / "peer-host.toml"
+        peer_config.write_text(f'[paths]\nstate_dir = "{self.root}/peer-state"\n')
+        pg = str(BIN / "punchguard")
+
+        def run(config: Path, *args: str) -> str:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PUNCHGUARD_")}
+            if config == self.config:
+                env = self.env()
+            r = subprocess.run(
+                [pg, "--config", str(config), *args], env=env, capture_output=True, text=True
+            )
+            assert r.returncode == 0, r.stderr
+            return r.stdout
+
+        run(self.config, "init")
+        run(peer_config, "init")
+        code = run(peer_config, "invite", "--code-only").strip()
+        run(self.config, "pair", code, "--yes")
 
     def env(self) -> dict[str, str]:
         return {
