@@ -3,7 +3,7 @@
 ::
 
                  <id>-pub: bridge 198.51.100.0/24
-                 tox-bootstrapd 198.51.100.1:33445 (UDP + TCP relay)
+                 tox-bootstrapd at .30, .31, .32 :33445 (UDP + TCP relay), one namespace each
                  coturn 198.51.100.2:3478 and .3:3478 (STUN; TURN with --turn)
                 /                                   \\
        <id>-nata  MASQUERADE + stateful firewall      <id>-natb
@@ -30,10 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from punchguard.netlab import PUBLIC_GW, LabError, NatBehaviour, NatLab, SideName
+from punchguard.netlab import LabError, NatBehaviour, NatLab, SideName
 
 TOX_PORT = 33445
 LAB_GLOB = "*-lab-*"
@@ -94,7 +94,7 @@ class LabInfo:
     turn: bool
     policy: str
     hosts: dict[str, LabHost]
-    bootstrap_key: str = ""
+    bootstrap_nodes: list[tuple[str, str]] = field(default_factory=list)  # (address, key)
     stun_servers: tuple[str, ...] = ()
 
     def save(self) -> None:
@@ -106,6 +106,7 @@ class LabInfo:
         data = json.loads(path.read_text())
         data["hosts"] = {k: LabHost(**v) for k, v in data["hosts"].items()}
         data["stun_servers"] = tuple(data.get("stun_servers", ()))
+        data["bootstrap_nodes"] = [tuple(n) for n in data.get("bootstrap_nodes", [])]
         return LabInfo(**data)
 
 
@@ -136,8 +137,12 @@ def find_lab(lab_id: str | None) -> LabInfo:
     return labs[0]
 
 
-def _bootstrapd_config(workdir: Path) -> Path:
-    d = workdir / "toxnode"
+TOX_NODES = 3  # three nodes on separate addresses: one node gave 16-53 s outliers (design 4.1)
+TOX_NODE_NET = "198.51.100.3"  # nodes at .30, .31, .32
+
+
+def _bootstrapd_config(workdir: Path, index: int) -> Path:
+    d = workdir / f"toxnode{index}"
     d.mkdir(exist_ok=True)
     conf = d / "bootstrapd.conf"
     # libconfig syntax; the settings that worked here (design 4.1)
@@ -156,28 +161,40 @@ def _bootstrapd_config(workdir: Path) -> Path:
     return conf
 
 
-def start_bootstrap_node(net: NatLab, timeout: float = 20.0) -> str:
-    """A private Tox network's bootstrap node in the public namespace; its DHT public key."""
-    conf = _bootstrapd_config(net.workdir)
-    keys = conf.parent / "keys"
-    log = open(conf.parent / "log", "wb")  # noqa: SIM115  # handed to the child, closed below
-    try:
-        proc = net.spawn(
-            net.public_ns,
-            ["tox-bootstrapd", f"--config={conf}", "--foreground", "--log-backend=stdout"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    finally:
-        log.close()
+def start_bootstrap_nodes(
+    net: NatLab, count: int = TOX_NODES, timeout: float = 20.0
+) -> list[tuple[str, str]]:
+    """A private Tox network: ``count`` tox-bootstrapd, each in a namespace of its own on the
+    public bridge; their (address, DHT public key)."""
+    started = []
+    for i in range(count):
+        address = f"{TOX_NODE_NET}{i}"
+        ns = net.add_service_host(i, address)
+        conf = _bootstrapd_config(net.workdir, i)
+        log = open(conf.parent / "log", "wb")  # noqa: SIM115  # handed to the child, closed below
+        try:
+            proc = net.spawn(
+                ns,
+                ["tox-bootstrapd", f"--config={conf}", "--foreground", "--log-backend=stdout"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            log.close()
+        started.append((address, conf, proc))
+    nodes = []
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise LabError(f"tox-bootstrapd exited: {(conf.parent / 'log').read_text()[-1500:]}")
-        if keys.exists() and keys.stat().st_size >= 64:
-            return keys.read_bytes()[:32].hex().upper()
-        time.sleep(0.05)
-    raise LabError(f"tox-bootstrapd wrote no keys file within {timeout:.0f} s")
+    for address, conf, proc in started:
+        keys = conf.parent / "keys"
+        while not (keys.exists() and keys.stat().st_size >= 64):
+            if proc.poll() is not None:
+                text = (conf.parent / "log").read_text()[-1500:]
+                raise LabError(f"tox-bootstrapd at {address} exited: {text}")
+            if time.monotonic() > deadline:
+                raise LabError(f"tox-bootstrapd at {address} wrote no keys within {timeout:.0f} s")
+            time.sleep(0.05)
+        nodes.append((address, keys.read_bytes()[:32].hex().upper()))
+    return nodes
 
 
 def host_config(info: LabInfo, host: LabHost, turn: dict[str, object] | None) -> str:
@@ -188,10 +205,12 @@ def host_config(info: LabInfo, host: LabHost, turn: dict[str, object] | None) ->
         f'[policy]\nmode = "{info.policy}"\n'
         f'[wireguard]\ninterface = "{host.interface}"\n'
         f"[ice]\nstun_servers = [{stun}]\n"
-        f"[[tox.bootstrap_nodes]]\n"
-        f'host = "{PUBLIC_GW}"\nport = {TOX_PORT}\npublic_key = "{info.bootstrap_key}"\n'
-        f"tcp_port = {TOX_PORT}\n"
     )
+    for address, key in info.bootstrap_nodes:
+        text += (
+            f'[[tox.bootstrap_nodes]]\nhost = "{address}"\nport = {TOX_PORT}\n'
+            f'public_key = "{key}"\ntcp_port = {TOX_PORT}\n'
+        )
     if turn:
         text += (
             "[[ice.turn_servers]]\n"
@@ -233,8 +252,9 @@ def build(
         coturn = net.start_coturn(turn=turn)
         info.stun_servers = coturn.stun_servers
         log(f"coturn: STUN{' + TURN' if turn else ''} on {', '.join(coturn.stun_servers)}")
-        info.bootstrap_key = start_bootstrap_node(net)
-        log(f"tox-bootstrapd: {PUBLIC_GW}:{TOX_PORT} key {info.bootstrap_key[:16]}…")
+        info.bootstrap_nodes = start_bootstrap_nodes(net)
+        addresses = ", ".join(f"{a}:{TOX_PORT}" for a, _ in info.bootstrap_nodes)
+        log(f"tox-bootstrapd: {addresses} (UDP + TCP relay)")
         turn_cfg = asdict(coturn.turn) if coturn.turn else None
         for host in hosts.values():
             Path(host.dir).mkdir(mode=0o755)

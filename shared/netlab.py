@@ -186,6 +186,28 @@ class NatLab:
             self.run(ns, ["iptables", "-A", chain, "-i", "wan", "-m", "conntrack",
                           "--ctstate", "NEW,INVALID", "-j", "DROP"])  # fmt: skip
 
+    def add_service_host(self, index: int, address: str) -> str:
+        """A namespace of its own on the public bridge, at ``address`` (/24), for a public
+        service that must answer from its own address (one tox-bootstrapd per address:
+        design 4.1). Returns the namespace; ``teardown``/``cleanup_leftovers`` remove it."""
+        ns = f"{self.run_id}-svc{index}"
+        _off_loop(functools.partial(self._add_service_host, ns, index, address))
+        return ns
+
+    def _add_service_host(self, ns: str, index: int, address: str) -> None:
+        netns.create(ns)
+        self._namespaces.append(ns)
+        with IPRoute(netns=self.public_ns) as ipr:
+            port = f"s{index}"
+            ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
+            idx = ipr.link_lookup(ifname=port)[0]
+            ipr.link("set", index=idx, master=ipr.link_lookup(ifname="br0")[0], state="up")
+        with IPRoute(netns=ns) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            eth = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=eth, address=address, prefixlen=24)
+            ipr.link("set", index=eth, state="up")
+
     def _masq(self, name: SideName) -> list[str]:
         rule = ["-o", "wan", "-j", "MASQUERADE"]
         return [*rule, "--random-fully"] if self.nat[name] == NatBehaviour.SYMMETRIC else rule
@@ -195,7 +217,7 @@ class NatLab:
         for proc in reversed(self._procs):
             self.stop(proc)
         self._procs.clear()
-        _remove_namespaces(self.namespaces)
+        _remove_namespaces([*self.namespaces, *self._namespaces])
         self._namespaces.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
