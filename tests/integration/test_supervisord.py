@@ -163,3 +163,26 @@ def test_stack_runs_with_the_privilege_model(host: Host) -> None:
     assert mode == 0o1770
     for service in SERVICES:
         assert (host.runtime / f"{service}.pub").stat().st_mode & 0o777 == 0o660
+
+
+def test_down_removes_the_interface_and_cleanup_is_idempotent(host: Host) -> None:
+    r = host.punchguard("start")
+    assert r.returncode == 0, r.stderr
+    wait_running(host)
+    deadline = time.monotonic() + 20
+    while sh("ip", "-n", host.ns, "link", "show", host.ns, check=False).returncode != 0:
+        assert time.monotonic() < deadline, "guardd made no interface"
+        time.sleep(0.2)
+    # stopping the control plane leaves the interface (the data plane outlives it)
+    assert host.punchguard("stop").returncode == 0
+    time.sleep(0.5)
+    assert sh("ip", "-n", host.ns, "link", "show", host.ns, check=False).returncode == 0
+    # `down` takes it away on purpose; `cleanup` then finds nothing; both are repeatable
+    r = host.punchguard("down")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sh("ip", "-n", host.ns, "link", "show", host.ns, check=False).returncode != 0
+    assert not (Path("/var/run/wireguard") / f"{host.ns}.sock").exists()
+    assert host.punchguard("down").returncode == 0
+    r = host.punchguard("cleanup")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
