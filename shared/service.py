@@ -16,13 +16,14 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
 from punchguard import config as configmod
 from punchguard import log as logmod
 from punchguard.bus import Bus
+from punchguard.messages import Message
 
 
 @dataclass
@@ -34,6 +35,22 @@ class ServiceContext:
 
 
 ServiceMain = Callable[[ServiceContext], Coroutine[Any, Any, None]]
+EXIT_REFUSED = 2
+
+
+class Refused(Exception):
+    """A service refuses to start (an unsafe key file, no peer...): exit status 2, no traceback.
+
+    Exiting well before supervisord's ``startsecs`` makes it a failed start, so after
+    ``startretries`` the stage ends FATAL instead of running without what it needs."""
+
+
+async def refuse(ctx: ServiceContext, state: Message, reason: str) -> NoReturn:
+    """Publish ``state`` (which says why), log ``reason`` once, and refuse to start."""
+    ctx.log.error("service.refused", reason=reason)
+    ctx.bus.set_state(state)
+    await asyncio.sleep(0.2)  # connected subscribers (status, tap) see why
+    raise Refused(reason)
 
 
 def parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -69,18 +86,18 @@ def run(
         return 2
     log = logmod.setup(name, cfg.log.level, cfg.log.format)
     try:
-        asyncio.run(_amain(name, cfg, main, log))
+        refused = asyncio.run(_amain(name, cfg, main, log))
     except KeyboardInterrupt:
-        pass
+        return 0
     except Exception:
         log.exception("service.crashed")
         return 1
-    return 0
+    return EXIT_REFUSED if refused else 0
 
 
 async def _amain(
     name: str, cfg: configmod.Config, main: ServiceMain, log: structlog.stdlib.BoundLogger
-) -> None:
+) -> bool:
     loop = asyncio.get_running_loop()
     current = asyncio.current_task()
     assert current is not None
@@ -100,8 +117,13 @@ async def _amain(
         name, cfg.paths.runtime_dir, heartbeat=cfg.bus.heartbeat, group=cfg.bus.group
     ) as bus:
         ctx = ServiceContext(name=name, config=cfg, bus=bus, log=log)
-        with contextlib.suppress(asyncio.CancelledError):
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(bus.run_heartbeat(), name="heartbeat")
-                tg.create_task(main(ctx), name=f"{name}-main")
-    log.info("service.stopped")
+        refused = False
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(bus.run_heartbeat(), name="heartbeat")
+                    tg.create_task(main(ctx), name=f"{name}-main")
+        except* Refused:
+            refused = True
+    log.info("service.refused_to_start" if refused else "service.stopped")
+    return refused
