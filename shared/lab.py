@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -227,12 +228,12 @@ def build(
     nat_b: NatBehaviour = NatBehaviour.CONE,
     turn: bool = False,
     policy: str = "on-demand",
-    say: object = print,
+    say: Callable[[str], None] = print,
     start: bool = True,
 ) -> LabInfo:
     """Build the network, its servers and both hosts (paired), and start both stacks (or
     leave that to ``start_stacks``)."""
-    log = say if callable(say) else print
+    log = say
     net = NatLab(lab_id, nat_a=nat_a, nat_b=nat_b)
     os.chmod(net.workdir, 0o755)  # the service user reaches each host's runtime directory
     hosts: dict[str, LabHost] = {
@@ -280,9 +281,8 @@ def start_stacks(info: LabInfo) -> None:
             raise LabError(f"host {host.name}: punchguard start: {r.stderr.strip()}")
 
 
-def pair_hosts(a: LabHost, b: LabHost, log: object = print) -> None:
+def pair_hosts(a: LabHost, b: LabHost, say: Callable[[str], None] = print) -> None:
     """Both hosts' identities and pairing, through the user's commands."""
-    say = log if callable(log) else print
     codes = {}
     for host in (a, b):
         for args in (("init",), ("invite", "--code-only")):
