@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -36,3 +37,11 @@ def runtime_dir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="pg-run-"))
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """A test that configures logging (``punchguard.log.setup``) binds structlog to that test's
+    captured stderr; later tests must not write to the closed stream."""
+    yield
+    structlog.reset_defaults()
