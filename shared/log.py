@@ -35,9 +35,16 @@ _PUBLIC_KEYS = frozenset(
         "node_key",
     }
 )
-# Key-shaped values: a 32-byte key in base64 (WireGuard), or 64+ hex digits (Tox keys and
-# addresses, raw key dumps).
-_KEYLIKE = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{42,43}=|(?<![0-9A-Fa-f])[0-9A-Fa-f]{64,}")
+# Key-shaped values: a 32-byte key in base64 (WireGuard), 64+ hex digits (Tox keys and
+# addresses, raw key dumps), 40+ decimal digits (DSA numbers such as OTR's private x, as a
+# traceback or a repr prints them), and the repr of 16+ raw bytes (b'\x8f...').
+_KEYLIKE = re.compile(
+    r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{42,43}="
+    r"|(?<![0-9A-Fa-f])[0-9A-Fa-f]{64,}"
+    r"|(?<![0-9])[0-9]{40,}"
+    r"|\bb'(?:[^'\\]|\\.){16,}'"
+    r'|\bb"(?:[^"\\]|\\.){16,}"'
+)
 
 
 def redact_text(text: str) -> str:
@@ -49,6 +56,8 @@ def _redact_value(key: str, value: Any) -> Any:
         return REDACTED
     if isinstance(value, bytes | bytearray):
         return f"<{len(value)} bytes>"
+    if isinstance(value, int) and abs(value).bit_length() >= 128:
+        return REDACTED  # a number that big is key material (a DSA x, a key as an integer)
     if isinstance(value, str) and key not in _PUBLIC_KEYS:
         return redact_text(value)
     if isinstance(value, dict):

@@ -3,6 +3,8 @@
 The key is generated once (``ensure_key``), written atomically (temporary file in the same
 directory, fsync, rename) with mode 0600, and read by otrd at start. The file holds potr's
 private key serialization (OTR's public key type 0x0000 followed by the MPIs p, q, g, y, x).
+A key file that group or others can read, that is not ours, or that is a symlink is
+refused (``IdentityError`` naming the fix); otrd then refuses to start (docs/security.md).
 
 Fingerprints are SHA-1 over the public key's MPIs (OTR v2), shown as 40 lowercase hex digits;
 ``normalize_fingerprint`` also accepts libotr's human form ("12345678 9ABCDEF0 ...").
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 from pathlib import Path
 
 from otrd.potr_compat import OtrDSAKey, generate_key, parse_private_key
@@ -55,15 +58,33 @@ def load_key(state_dir: Path) -> OtrDSAKey | None:
     """The stored key, ``None`` if there is none, ``IdentityError`` if it is unusable."""
     path = key_path(state_dir)
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise IdentityError(f"{path}: cannot read the OTR key: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        check_private_file(path, os.fstat(fh.fileno()), IdentityError)
+        data = fh.read(64 * 1024)
     try:
         return parse_private_key(data)
     except Exception as e:  # potr's parser raises whatever the bytes provoke
         raise IdentityError(f"{path}: not an OTR DSA private key ({type(e).__name__})") from None
+
+
+def check_private_file(path: Path, st: os.stat_result, error: type[Exception]) -> None:
+    """Raise ``error`` unless ``st`` (of ``path``) is a regular file that only its owner can
+    read, owned by us (root, the pairing CLI, may read the service user's file)."""
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: not a regular file")
+    euid = os.geteuid()
+    if st.st_uid != euid and euid != 0:
+        raise error(f"{path}: owned by uid {st.st_uid}, must be {euid}")
+    if st.st_mode & 0o077:
+        raise error(
+            f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read the private key; "
+            f"run: chmod 600 {path}"
+        )
 
 
 def load_or_create_key(state_dir: Path) -> OtrDSAKey:

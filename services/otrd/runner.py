@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
 from collections import Counter
 
@@ -104,10 +106,15 @@ async def serve(ctx: ServiceContext) -> None:
     try:
         key = await asyncio.to_thread(load_or_create_key, cfg.paths.state_dir)
     except IdentityError as e:
+        # Refuse to start (an unsafe or unreadable key): say why on the bus and in the log,
+        # then exit 2 before supervisord's startsecs, so the stage ends FATAL rather than
+        # running without an identity (the same path as guardd's refusal).
         ctx.log.error("otr.no_key", error=str(e))
         ctx.bus.set_state(OtrState(OtrStateKind.FAILED, since=time.time(), reason=str(e)))
-        await asyncio.Event().wait()
-        return
+        await asyncio.sleep(0.2)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
     ctx.log.info("otr.identity", fingerprint=fingerprint(key), pinned=cfg.peer.otr_fingerprint)
     session = OtrSession(
         key,

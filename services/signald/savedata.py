@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 
 FILE_NAME = "tox.save"
@@ -26,12 +27,35 @@ def ensure_state_dir(state_dir: Path) -> None:
         os.chmod(state_dir, 0o700)
 
 
+class UnsafeSavedata(OSError):
+    """The savedata file is not a regular file that only its owner (us) can read."""
+
+
+def check(path: Path, st: os.stat_result) -> None:
+    """``UnsafeSavedata`` unless ``path`` (stat ``st``) is a regular file, mode 0600 or
+    stricter, owned by us (root, the pairing CLI, may read the service user's file)."""
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeSavedata(f"{path}: not a regular file")
+    euid = os.geteuid()
+    if st.st_uid != euid and euid != 0:
+        raise UnsafeSavedata(f"{path}: owned by uid {st.st_uid}, must be {euid}")
+    if st.st_mode & 0o077:
+        raise UnsafeSavedata(
+            f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read the Tox secret key; "
+            f"run: chmod 600 {path}"
+        )
+
+
 def load(path: Path) -> bytes | None:
-    """The saved data, or None if there is none yet (a new identity)."""
+    """The saved data, or None if there is none yet (a new identity); ``UnsafeSavedata`` if
+    the file is readable by others or not ours (no symlinks followed)."""
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
+    with os.fdopen(fd, "rb") as fh:
+        check(path, os.fstat(fh.fileno()))
+        data = fh.read()
     return data or None
 
 

@@ -32,6 +32,7 @@ def test_key_created_once_0600(tmp_path: Path) -> None:
 def test_missing_and_bad_key(tmp_path: Path) -> None:
     assert load_key(tmp_path) is None
     key_path(tmp_path).write_bytes(b"garbage")
+    key_path(tmp_path).chmod(0o600)
     with pytest.raises(IdentityError, match="not an OTR DSA private key"):
         load_key(tmp_path)
 
