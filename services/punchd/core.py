@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import random
+import time
 from dataclasses import dataclass
 
 from punchguard.messages import (
@@ -62,6 +63,7 @@ class Reason(enum.Enum):
     PEER_WENT_AWAY = "the peer went away (OTR session no longer secure)"
     PEER_RESTART = "the peer asked for a new punch"
     TUNNEL_DOWN = "the tunnel went down"
+    RELAY_LOST = "the TURN relay (our forwarder or its allocation) was lost"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class Timers:
     backoff_jitter: float = 0.2  # +- this fraction
     hopeless_retry: float = 300.0  # both symmetric, no relay: the slow retry
     confirm_timeout: float = 2.0  # controlling: hand off anyway if the peer never confirms
+    probe_initial: float = 10.0  # relayed: first direct retry after this (relay_probe.py)
+    probe_max: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class Selected:
     remote_port: int
     local_type: CandidateType
     remote_type: CandidateType
+    via: str = ""  # relayed: the TURN server (ours if our side is relayed, else the relay address)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -105,6 +110,7 @@ class Selected:
 class StartGather:
     session: int
     controlling: bool
+    direct_only: bool = False  # a direct probe while relayed: no TURN allocation
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,7 @@ class StartChecks:
 @dataclass(frozen=True)
 class CloseSession:
     session: int
+    keep_relay: bool = False  # the session's pair became the path: keep its TURN allocation
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,14 @@ def candidate_type(typ: str) -> CandidateType:
     }.get(typ, CandidateType.UNKNOWN)
 
 
+def nat_name(kind: NatKind) -> str:
+    return {
+        NatKind.NO_NAT: "none",
+        NatKind.ENDPOINT_INDEPENDENT: "cone",
+        NatKind.ENDPOINT_DEPENDENT: "symmetric",
+    }.get(kind, "unknown")
+
+
 def has_relay(params: IceParams) -> bool:
     return any(" typ relay" in c for c in params.candidates)
 
@@ -187,9 +202,14 @@ class PunchCore:
         self.path: Path | None = None
         self.session = 0  # current session id (0 = none)
         self.path_session = 0  # the session that produced ``path``
+        self.via = ""  # the relayed path's TURN server (Selected.via)
         self.pending: Selected | None = None  # controlling: our pair, awaiting the peer's word
         self.peer_confirmed = False  # controlling: the peer said ``connected`` this session
         self.forced = False  # the peer asked for a new punch: start even if guardd says UP
+        self.probing = False  # the current session is a direct probe under a relayed path
+        self.probe_at = 0.0  # controlling, relayed: when to try direct again (0 = not planned)
+        self.probe_attempt = 0
+        self.direct_failed = ""  # relayed: why direct did not work (published in the reason)
         self.deadline = 0.0  # current wait's deadline (0 = none)
         self.gathered: Gathered | None = None
         self.remote: IceParams | None = None
@@ -243,7 +263,7 @@ class PunchCore:
     def on_guard(self, now: float, kind: GuardStateKind, generation: int) -> list[Command]:
         self.guard, self.guard_generation = kind, generation
         if (
-            self.state == PunchStateKind.CONNECTED
+            (self.state == PunchStateKind.CONNECTED or self.probing)
             and kind == GuardStateKind.DOWN
             and self.path is not None
             and generation == self.path.generation
@@ -308,25 +328,96 @@ class PunchCore:
     def _finish(self, now: float, pair: Selected) -> None:
         role = self.role
         assert role is not None
-        self._out.append(CloseSession(self.session))
+        relayed = CandidateType.RELAY in (pair.local_type, pair.remote_type)
+        if self.probing and relayed:
+            self._fail(now, Reason.CHECKS_FAILED, "only a relayed pair answered")
+            return
+        self.probing = False
+        self._out.append(CloseSession(self.session, keep_relay=True))
         self.path_session = self.session
         self.session, self.deadline, self.attempt = 0, 0.0, 0
         self.pending, self.peer_confirmed = None, False
         self.generation += 1
-        relayed = CandidateType.RELAY in (pair.local_type, pair.remote_type)
         self.path = Path(
             local_port=pair.local_port, endpoint_host=pair.remote_host,
             endpoint_port=pair.remote_port, role=role, local_type=pair.local_type,
             remote_type=pair.remote_type, relayed=relayed, generation=self.generation,
         )  # fmt: skip
         self.retry_at = 0.0
-        how = "relayed (TURN)" if relayed else "direct"
-        self._set_state(
-            now, PunchStateKind.CONNECTED,
-            f"{how} path {pair.local_type.name.lower()}:{pair.local_port} -> "
-            f"{pair.remote_type.name.lower()} {pair.remote_host}:{pair.remote_port}",
-        )  # fmt: skip
+        self.probe_attempt, self.probe_at, self.via = 0, 0.0, pair.via
+        if relayed:
+            self.direct_failed = self.direct_failed or (
+                f"no direct candidate pair answered (NAT here {nat_name(self.nat)}, "
+                f"peer {nat_name(self.peer_nat)})"
+            )
+            self.probe_at = now + self.timers.probe_initial
+            self._set_state(now, PunchStateKind.CONNECTED, self._relayed_reason(now))
+        else:
+            self.direct_failed = ""
+            self._set_state(
+                now, PunchStateKind.CONNECTED,
+                f"direct path {pair.local_type.name.lower()}:{pair.local_port} -> "
+                f"{pair.remote_type.name.lower()} {pair.remote_host}:{pair.remote_port}",
+            )  # fmt: skip
         self._out.append(PublishPath(self.path))
+
+    def _relayed_reason(self, now: float) -> str:
+        text = f"relayed via {self.via or '?'} (TURN); direct failed: {self.direct_failed}"
+        if self.role == Role.CONTROLLING and self.probe_at > now:
+            text += f"; next direct try at {time.strftime('%H:%M:%S', time.gmtime(self.probe_at))}"
+        elif self.role == Role.CONTROLLING and self.probe_at:
+            text += "; next direct try as soon as OTR is secure (Tox online)"
+        return text
+
+    def on_relay_lost(self, now: float) -> list[Command]:
+        """Our TURN forwarder is gone (punchd restarted, or the allocation died) while guardd
+        still points WireGuard at it: nothing crosses any more, so punch again at once
+        (controlling), or ask the controlling side to (controlled; session 0 if we restarted and
+        no longer know the path's session)."""
+        self._count("relay_lost")
+        if self.role == Role.CONTROLLING:
+            self.forced = True
+            if self.state == PunchStateKind.CONNECTED or self.probing:
+                self.probing = False
+                self._fail(now, Reason.RELAY_LOST, count=False)
+            self._maybe_start(now)
+        elif self.role == Role.CONTROLLED:
+            self._out.append(SendParams(IceParams(self.path_session, "", "", restart=True)))
+        return self._flush()
+
+    def _maybe_probe(self, now: float) -> None:
+        """Controlling, on a relayed path: try a direct punch now and then (with backoff); the
+        relayed path stays published meanwhile, and a direct pair replaces it."""
+        path = self.path
+        if (
+            self.state != PunchStateKind.CONNECTED or self.role != Role.CONTROLLING
+            or path is None or not path.relayed or not self.probe_at or now < self.probe_at
+        ):  # fmt: skip
+            return
+        if not self.otr_secure:  # the on-demand policy took Tox offline: say so, wait
+            self._set_state(now, PunchStateKind.CONNECTED, self._relayed_reason(now))
+            return
+        self.probe_at, self.probing = 0.0, True
+        self.session = self.rng.getrandbits(31) | 1
+        self.pending, self.peer_confirmed, self.gathered, self.remote = None, False, None, None
+        self.deadline = now + self.timers.checks_timeout
+        self._out.append(StartGather(self.session, controlling=True, direct_only=True))
+        self._set_state(now, PunchStateKind.GATHERING, "direct probe (the relayed path stays up)")
+
+    def _probe_failed(self, now: float, text: str, hopeless: bool) -> None:
+        if self.role == Role.CONTROLLED and self.session:
+            self._out.append(SendParams(IceParams(self.session, "", "", restart=True)))
+        self._abort()
+        self.probing = False
+        self.probe_attempt += 1
+        self._count("probe_failed")
+        self.direct_failed = text
+        if self.role == Role.CONTROLLING:
+            timers = self.timers
+            step = min(timers.probe_max, timers.probe_initial * 2.0**self.probe_attempt)
+            delay = timers.hopeless_retry if hopeless else step
+            self.probe_at = now + delay * (1 + self.rng.uniform(-0.1, 0.1))
+        self._set_state(now, PunchStateKind.CONNECTED, self._relayed_reason(now))
 
     def on_checks_failed(self, now: float, session: int, detail: str) -> list[Command]:
         if session == self.session and self.state == PunchStateKind.CHECKING:
@@ -345,6 +436,7 @@ class PunchCore:
         if self.state == PunchStateKind.BACKOFF and now >= self.retry_at:
             self._set_state(now, PunchStateKind.IDLE, self._idle_reason())
         self._maybe_start(now)
+        self._maybe_probe(now)
         return self._flush()
 
     # -- internals ----------------------------------------------------------------------------
@@ -354,8 +446,12 @@ class PunchCore:
             if self.session and params.session == self.session:
                 # the peer gave up on the attempt in progress: a failure like ours, backoff
                 self._fail(now, Reason.CHECKS_FAILED, "the peer gave up")
-            elif params.session == self.path_session and self.state == PunchStateKind.CONNECTED:
-                # the peer's tunnel went down: punch again at once
+            elif (self.state == PunchStateKind.CONNECTED or self.probing) and (
+                params.session == self.path_session
+                or (params.session == 0 and self.path is not None and self.path.relayed)
+            ):
+                # the peer's tunnel went down (or its relay forwarder was lost): punch again now
+                self.probing = False
                 self.forced = True
                 self._fail(now, Reason.PEER_RESTART, count=False)
                 self._maybe_start(now)
@@ -381,12 +477,18 @@ class PunchCore:
             self._count("stale_params")
             return
         self.seen = [*self.seen[-(SEEN_SESSIONS - 1) :], params.session]
+        # A session without relay candidates while our path is relayed: the peer's direct probe.
+        relayed_now = self.state == PunchStateKind.CONNECTED or self.probing
+        probe = relayed_now and self.path is not None and self.path.relayed
+        probe = probe and not has_relay(params)
         self._abort()
+        self.probing = probe
         self.peer_nat = params.nat
         self.session, self.remote, self.gathered = params.session, params, None
         self.deadline = now + self.timers.checks_timeout
-        self._out.append(StartGather(self.session, controlling=False))
-        self._set_state(now, PunchStateKind.GATHERING, "gathering candidates (peer asked)")
+        self._out.append(StartGather(self.session, controlling=False, direct_only=probe))
+        what = "direct probe (the relayed path stays up)" if probe else "gathering candidates"
+        self._set_state(now, PunchStateKind.GATHERING, f"{what} (peer asked)")
 
     def _start_checks(self, now: float, remote: IceParams) -> None:
         self.remote = remote
@@ -408,6 +510,12 @@ class PunchCore:
         self._set_state(now, PunchStateKind.GATHERING, "gathering candidates")
 
     def _fail(self, now: float, reason: Reason, detail: str = "", *, count: bool = True) -> None:
+        if self.probing and reason not in (Reason.TUNNEL_DOWN, Reason.PEER_RESTART):
+            hopeless = self._hopeless() and reason == Reason.CHECKS_FAILED
+            text = "both NATs are symmetric (endpoint-dependent)" if hopeless else reason.value
+            self._probe_failed(now, text + (f" ({detail})" if detail else ""), hopeless)
+            return
+        self.probing = False
         session = self.session or self.path_session
         if self.role == Role.CONTROLLED and session and reason != Reason.PEER_WENT_AWAY:
             # Ask the controlling side to start over (it may not have noticed).
@@ -423,7 +531,7 @@ class PunchCore:
         self._set_state(now, PunchStateKind.FAILED, text)
         if self.role != Role.CONTROLLING:
             return
-        if reason in (Reason.TUNNEL_DOWN, Reason.PEER_RESTART):
+        if reason in (Reason.TUNNEL_DOWN, Reason.PEER_RESTART, Reason.RELAY_LOST):
             delay = 0.0
         elif hopeless:
             delay = self.timers.hopeless_retry

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
-from punchd import ice_adapter
+from punchd import candidates, ice_adapter, relay
 from punchd.core import (
     CloseSession,
     Command,
@@ -38,6 +38,7 @@ from punchguard.config import IceConfig
 from punchguard.messages import (
     DecodeError,
     GuardState,
+    GuardStateKind,
     IceParams,
     OtrRecv,
     OtrSend,
@@ -104,6 +105,7 @@ class Runner:
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.drops: Counter[str] = Counter()
         self.state: PunchState = self.core.snapshot()
+        self.relays = relay.Relays(self.log)  # TURN forwarders (relayed paths, docs/turn.md)
 
     async def run(self) -> None:
         ice_adapter.set_timers(self.cfg.check_rto, self.cfg.check_retries)
@@ -126,6 +128,7 @@ class Runner:
             for session in list(self.sessions.values()):
                 await session.close()
             self.sessions.clear()
+            await self.relays.close()
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -133,6 +136,8 @@ class Runner:
         while True:
             await asyncio.sleep(TICK)
             await self.apply(self.core.on_tick(time.time()))
+            if self.relays.lost():
+                await self.apply(self.core.on_relay_lost(time.time()))
 
     async def _reader(self) -> None:
         while True:
@@ -148,6 +153,14 @@ class Runner:
                 cmds = [] if params is None else self.core.on_peer_params(now, params)
             elif isinstance(msg, GuardState) and inc.endpoint == "guardd":
                 cmds = self.core.on_guard(now, msg.state, msg.generation)
+                path = self.core.path
+                if (
+                    msg.state in (GuardStateKind.UP, GuardStateKind.HANDSHAKING)
+                    and self.core.role is not None
+                    and (path is None or path.generation == msg.generation)
+                    and self.relays.orphaned(msg.endpoint)
+                ):  # WireGuard points at a forwarder we do not run (we were restarted)
+                    cmds += self.core.on_relay_lost(now)
             else:
                 continue
             await self.apply(cmds)
@@ -161,6 +174,15 @@ class Runner:
         if not isinstance(msg, IceParams):
             self._drop("not_ice_params", msg.TYPE)
             return None
+        kept, refused = candidates.screen(msg.candidates)
+        for reason, count in refused.items():
+            self.drops[f"candidate:{reason}"] += count
+        if refused:
+            self.log.warning(
+                "punch.candidates_refused", kept=len(kept), refused=dict(refused),
+                session=msg.session,
+            )  # fmt: skip
+            msg = dataclasses.replace(msg, candidates=kept)
         return msg
 
     def _drop(self, reason: str, detail: str) -> None:
@@ -191,12 +213,13 @@ class Runner:
             elif isinstance(cmd, StartChecks):
                 self._start_checks(cmd)
             elif isinstance(cmd, CloseSession):
-                await self._close(cmd.session)
+                await self._close(cmd.session, keep_relay=cmd.keep_relay)
 
     def _start_gather(self, cmd: StartGather) -> None:
         session = ice_adapter.IceSession(
-            controlling=cmd.controlling, stun_servers=self.stun, turn=self.turn,
-            ipv6=self.cfg.ipv6, gather_timeout=self.cfg.gather_timeout,
+            controlling=cmd.controlling, stun_servers=self.stun,
+            turn=None if cmd.direct_only else self.turn, ipv6=self.cfg.ipv6,
+            gather_timeout=self.cfg.gather_timeout,
         )  # fmt: skip
         self.sessions[cmd.session] = session
         self._spawn(cmd.session, self._gather(cmd.session, session))
@@ -239,19 +262,30 @@ class Runner:
         except Exception as e:  # IceFailed, or aioice's own errors: the checks failed
             await self.apply(self.core.on_checks_failed(time.time(), sid, str(e)[:200]))
             return
+        local_port, remote_host, remote_port = pair.local_port, pair.remote_host, pair.remote_port
+        via = f"{remote_host}:{remote_port}" if pair.remote_type == "relay" else ""
+        if pair.local_type == "relay":
+            # WireGuard gets a port of its own and our forwarder's loopback address (relay.py)
+            fwd = await self.relays.prepare(sid, (remote_host, remote_port))
+            local_port, remote_host, remote_port = fwd.wg_port, relay.LOOPBACK, fwd.port
+            via = f"{self.turn.host}:{self.turn.port}" if self.turn else "?"
         selected = Selected(
-            local_port=pair.local_port, remote_host=pair.remote_host,
-            remote_port=pair.remote_port, local_type=candidate_type(pair.local_type),
-            remote_type=candidate_type(pair.remote_type),
+            local_port=local_port, remote_host=remote_host, remote_port=remote_port,
+            local_type=candidate_type(pair.local_type),
+            remote_type=candidate_type(pair.remote_type), via=via,
         )  # fmt: skip
         await self.apply(self.core.on_checks_done(time.time(), sid, selected))
 
-    async def _close(self, sid: int) -> None:
+    async def _close(self, sid: int, *, keep_relay: bool = False) -> None:
         task = self.tasks.pop(sid, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         session = self.sessions.pop(sid, None)
+        if keep_relay:  # this session is the new path: its allocation outlives its Connection
+            self.relays.adopt(sid, session.connection if session is not None else None)
+        else:
+            await self.relays.discard(sid)
         if session is not None:
             await session.close()

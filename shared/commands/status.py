@@ -176,6 +176,10 @@ def explain(
                 f"{path.remote_type.name.lower()})",
             )
         )
+        if path.relayed and isinstance(punch, PunchState) and " via " in punch.reason:
+            # punchd's reason on a relayed path: "relayed via HOST:PORT (TURN); direct failed:
+            # WHY[; next direct try in N s]" (docs/turn.md)
+            r.lines.append(("relay", punch.reason[punch.reason.index("via ") :]))
     r.lines.append(("tunnel", "UP" if r.tunnel_up else "DOWN"))
     return r
 
