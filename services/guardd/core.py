@@ -32,6 +32,25 @@ max(3 K, K + 10) seconds without any received byte means the path is dead: 15 s 
 The same bound applies to a path that never completes a handshake. The runner samples the
 interface every ``POLL_INTERVAL`` seconds, so DOWN is reported at most dead_after + 0.5 s after
 the last packet arrived.
+
+Probes (issue 9, ``probe.py``): 15 s is long for a path that died (a NAT rebinding, a
+partition). So after ``PROBE_AFTER`` s without a received byte guardd sends an ICMP echo to the
+peer's tunnel address every ``PROBE_INTERVAL`` s; a live peer answers within a round trip, which
+also ends the silence. Once the peer has answered a probe (so it does answer them: a firewall
+might not), ``PROBE_AFTER + PROBE_DEAD`` = 5 s of silence with the probes unanswered is DOWN
+("no answer to probes for 5 s"); a peer never seen answering keeps the 15 s rule. On an idle
+tunnel this costs one probe and its reply about every 3 s, and UP means "something came back
+within the last 5 s": packets cross now.
+
+Warm restart (issue 9): when the interface had to be made afresh (a host restart), the runner
+hands ``restore()`` the last path that worked (``lastpath.py``). It is applied at once, like a
+path from punchd, but both roles initiate: the peer is not starting at the same moment (it kept
+running), so there is no crossing to avoid; the controlled side waits
+``RESTORE_CONTROLLED_DELAY`` first, so that when both hosts restarted together the controlling
+side's initiation still goes first. No handshake within ``RESTORE_CHECK`` s: DOWN ("the
+restored path did not answer"), which tells signald and punchd to run the full flow. Any path
+from punchd replaces the restored one at once (its generation is punchd's, not the restored
+one's), so a stale restored path never blocks a new punch.
 """
 
 from __future__ import annotations
@@ -50,6 +69,11 @@ POLL_INTERVAL = 0.5  # seconds between samples of the interface
 INITIATE_DELAY = 0.25  # seconds the controlling side waits before initiating (see the top)
 KEEPALIVE_TIMEOUT = 10  # WireGuard's passive keepalive (protocol constant)
 REJECT_AFTER_TIME = 180  # WireGuard's session lifetime (protocol constant)
+RESTORE_CONTROLLED_DELAY = 1.0  # s: a restored controlled side initiates too, after this
+RESTORE_CHECK = 5.0  # s: a restored path without a handshake by then is reported DOWN
+PROBE_AFTER = 3.0  # s without received bytes before guardd probes across the tunnel
+PROBE_INTERVAL = 0.5  # s between probes while the silence lasts
+PROBE_DEAD = 2.0  # s of unanswered probing after which the path is dead (see the top)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Endpoint = tuple[IPAddress, int]
@@ -323,6 +347,9 @@ class GuardCore:
         self.applied_at: float | None = None  # monotonic time the current path arrived
         self.rx_at_apply = 0
         self.handshake_seen = False  # since the current path (or at adoption)
+        self.restored = False  # the current path came from last-path.json, not from punchd
+        self.last_probe: float | None = None  # monotonic time of the last probe sent
+        self.probe_replies = 0  # answers to probes since start: the peer does answer them
         self.ever_up = False  # since the current path
         self.last_rx = -1
         self.last_rx_change: float | None = None
@@ -361,9 +388,22 @@ class GuardCore:
         self.handshake_seen = False
         self.ever_up = False
         self.last_rx_change = None
-        if self.phase is not Phase.HANDSHAKING:
+        self.restored = False
+        if self.phase is not Phase.HANDSHAKING or self.reason != "path applied":
             self._set_phase(Phase.HANDSHAKING, "path applied", now)
         return path
+
+    def restore(self, path: ValidPath, now: float, age: float) -> None:
+        """Apply the last working path saved before a restart (see the top: warm restart)."""
+        self.path = path
+        self.applied_at = now
+        self.rx_at_apply = self._peer_rx()
+        self.handshake_seen = self.ever_up = False
+        self.last_rx_change = None
+        self.restored = True
+        self._set_phase(
+            Phase.HANDSHAKING, f"restoring the last working path (saved {age:.0f} s ago)", now
+        )
 
     def on_recreated(self, now: float) -> None:
         """The interface was lost and created afresh: the path (if any) is applied anew, so the
@@ -415,7 +455,8 @@ class GuardCore:
         if self.path is None:
             return want  # leave port, endpoint and keepalive as the interface has them
         if self.handshake_seen or (
-            self.path.role is Role.CONTROLLING and self.next_deadline(now) is None
+            (self.path.role is Role.CONTROLLING or self.restored)
+            and self.next_deadline(now) is None
         ):
             keepalive = ident.keepalive
         else:
@@ -427,11 +468,32 @@ class GuardCore:
             keepalive=keepalive,
         )
 
+    def probe_due(self, now: float) -> bool:
+        """Should a probe go out now? (UP, silent for ``PROBE_AFTER`` s, none sent lately)"""
+        if self.phase is not Phase.UP or self.last_rx_change is None:
+            return False
+        if self.probe_replies == 0 and (self.last_probe is None or now - self.last_probe >= 5):
+            return True  # learn whether the peer answers probes at all (every 5 s until it does)
+        if now - self.last_rx_change < PROBE_AFTER:
+            return False
+        return self.last_probe is None or now - self.last_probe >= PROBE_INTERVAL - 0.05
+
+    def on_probe_sent(self, now: float) -> None:
+        self.last_probe = now
+
+    def on_probe_reply(self) -> None:
+        self.probe_replies += 1
+
     def next_deadline(self, now: float) -> float | None:
         """When the controlling side may initiate, if that is still ahead; else None."""
-        if self.path is None or self.path.role is not Role.CONTROLLING or self.handshake_seen:
+        if self.path is None or self.handshake_seen:
             return None
-        due = (self.applied_at or 0.0) + INITIATE_DELAY
+        if self.path.role is Role.CONTROLLING:
+            due = (self.applied_at or 0.0) + INITIATE_DELAY
+        elif self.restored:
+            due = (self.applied_at or 0.0) + RESTORE_CONTROLLED_DELAY
+        else:
+            return None
         return due if now < due else None
 
     def state(self, now: float, wall: float) -> GuardState:
@@ -477,12 +539,22 @@ class GuardCore:
         if self.applied_at is None:
             return  # no path yet, nothing adopted: NO_PATH stays
         limit = dead_after(self.ident.keepalive)
+        probed = self.probe_replies > 0 and limit > PROBE_AFTER + PROBE_DEAD
+        if probed:
+            limit = PROBE_AFTER + PROBE_DEAD
         fresh = self.last_rx_change is not None and now - self.last_rx_change < limit
         if self.handshake_seen and session and fresh:
             self.ever_up = True
-            self._set_phase(Phase.UP, "handshake done, receiving", now)
+            how = " (restored path)" if self.restored else ""
+            self._set_phase(Phase.UP, f"handshake done, receiving{how}", now)
+        elif self.ever_up and probed:
+            self._set_phase(Phase.DOWN, f"no answer to probes for {limit:.0f} s", now)
         elif self.ever_up:
             self._set_phase(Phase.DOWN, f"no bytes received for {limit:.0f} s", now)
+        elif self.restored and now - self.applied_at >= RESTORE_CHECK:
+            self._set_phase(
+                Phase.DOWN, f"the restored path did not answer within {RESTORE_CHECK:.0f} s", now
+            )
         elif now - self.applied_at >= limit:
             self._set_phase(Phase.DOWN, f"no handshake within {limit:.0f} s", now)
 

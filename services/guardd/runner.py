@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import structlog
 
 from guardd import backend as backends
-from guardd import keys, netlink
+from guardd import keys, lastpath, netlink, probe
 from guardd.core import (
     POLL_INTERVAL,
     DeviceChange,
@@ -31,6 +31,7 @@ from guardd.core import (
     Identity,
     Phase,
     Refused,
+    ValidPath,
     diff,
     format_endpoint,
     host_cidr,
@@ -137,13 +138,27 @@ class Guard:
         self.refusal: str | None = None  # the interface refused the last change
         self._published: tuple[object, ...] | None = None
         self._published_at = 0.0
+        self.state_dir = ctx.config.paths.state_dir
+        self._saved_path: ValidPath | None = None  # what last-path.json holds, and since when
+        self.prober: probe.Prober | None = None
+        self._saved_at = 0.0
 
     def _logged_transition(self, old: Phase, new: Phase, reason: str) -> None:
         self.log.info("guard.state", old=old.value, new=new.value, reason=reason)
 
     async def run(self) -> None:
         self.bus.subscribe("punchd", types=("punch.path",))
+        self.open_prober()
+        try:
+            await self._run()
+        finally:
+            if self.prober is not None:
+                self.prober.close()
+
+    async def _run(self) -> None:
         await self.tick()
+        if self.restore_last_path():
+            await self.tick()
         next_poll = time.monotonic() + POLL_INTERVAL
         while True:
             wake = next_poll
@@ -173,7 +188,54 @@ class Guard:
                     )  # fmt: skip
             if incoming is not None or time.monotonic() >= wake:
                 await self.tick()
+                self.save_last_path()
                 next_poll = time.monotonic() + POLL_INTERVAL
+
+    def open_prober(self) -> None:
+        """(Re)open the probe socket: it is bound to the interface as it exists now, so a
+        recreated interface needs a new one."""
+        if self.prober is not None:
+            self.prober.close()
+            self.prober = None
+        try:
+            self.prober = probe.Prober(
+                self.settings.interface, self.settings.peer_address, self.core.on_probe_reply
+            )
+        except OSError as e:
+            self.log.warning("guard.no_probes", reason=str(e))  # the 15 s rule only
+
+    def restore_last_path(self) -> bool:
+        """Warm restart (issue 9): the interface has no endpoint for the peer (made afresh, not
+        adopted) and no path came yet: apply the last path that worked, at once."""
+        sample = self.core.sample
+        peer = sample.peer(self.settings.peer_public_key) if sample is not None else None
+        if self.core.path is not None or (peer is not None and peer.endpoint is not None):
+            return False
+        try:
+            path, age = lastpath.load(self.state_dir, self.settings.peer_public_key, time.time())
+        except lastpath.NoLastPath as e:
+            self.log.info("guard.no_restore", reason=str(e))
+            return False
+        self.core.restore(path, time.monotonic(), age)
+        self.log.info(
+            "guard.restore", endpoint=format_endpoint(path.endpoint), port=path.listen_port,
+            role=path.role.name.lower(), generation=path.generation, age=round(age, 1),
+        )  # fmt: skip
+        return True
+
+    def save_last_path(self) -> None:
+        """Keep the path in ``last-path.json`` while it works (see ``lastpath``)."""
+        path = self.core.path
+        if self.core.phase is not Phase.UP or path is None or self.broken or self.refusal:
+            return
+        now = time.monotonic()
+        if path == self._saved_path and now - self._saved_at < lastpath.REFRESH:
+            return
+        try:
+            lastpath.save(self.state_dir, path, self.settings.peer_public_key, time.time())
+        except OSError as e:
+            self.log.warning("guard.save_failed", reason=str(e))
+        self._saved_path, self._saved_at = path, now
 
     async def tick(self) -> None:
         """Sample, diff, apply the difference, publish."""
@@ -181,6 +243,9 @@ class Guard:
             if self.broken is not None:
                 await self.recover()
             sample = await self.sample()
+            if self.prober is not None and self.core.probe_due(time.monotonic()):
+                self.prober.send()
+                self.core.on_probe_sent(time.monotonic())
             change = diff(self.core.desired(time.monotonic()), sample)
             if change:
                 self.log.info("guard.apply", **describe(change))
@@ -214,6 +279,7 @@ class Guard:
         self.log.info("guard.recovered", adopted=adopted, after=self.broken)
         if not adopted:
             self.core.on_recreated(time.monotonic())
+        self.open_prober()
         self.broken = None
 
     def publish(self) -> None:

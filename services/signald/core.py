@@ -28,6 +28,14 @@ Tox, bootstrap, add/delete a friend, save, send a packet, publish). No I/O happe
   peer configured, until the peer is connected: toxcore's own status can say "connected" for
   minutes after every node went away (seen on loopback), so it alone is not trusted. The peer
   going away restarts the schedule at 10 s.
+- **Tunnel down, Tox still "connected" over UDP** (issue 9): the tunnel and Tox's direct UDP
+  connection to the peer go through the same NATs, so whatever killed the one (a NAT
+  rebinding) usually killed the other too, and toxcore only notices after tens of seconds;
+  meanwhile the ICE exchange is lost in the dead connection. So when guardd goes from UP to
+  DOWN while the peer is connected over UDP, Tox is restarted (stopped cleanly, so the peer
+  drops us at once, and started again: the peer is found again in 7-10 s, design 4.1); at most
+  once per ``REFRESH_MIN_INTERVAL`` s. (Deleting and re-adding the friend was tried first: the
+  re-added friend came back "connected" at once over the same dead UDP path.)
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ BACKOFF_FIRST = 10.0  # toxcore needs 7-8 s to connect (design 4.1): do not retr
 BACKOFF_MAX = 60.0
 BACKOFF_JITTER = 0.2
 RETRY_FAILED = 30.0  # seconds before starting Tox again after it failed (port busy, bad save)
+REFRESH_MIN_INTERVAL = 10.0  # s: Tox is restarted for a dead tunnel at most this often
 
 
 class PeerAddressError(ValueError):
@@ -182,6 +191,8 @@ class SignalCore:
         self.peer_conn = Transport.NONE
         self.punchd = _Wish()
         self.guard_up = _Wish()
+        self.guard_kind: GuardStateKind | None = None
+        self.refreshed_at: float | None = None  # when Tox was last restarted for a dead tunnel
         self.want_online = True
         self.next_bootstrap: float | None = None
         self.backoff = BACKOFF_FIRST
@@ -349,8 +360,24 @@ class SignalCore:
         return []
 
     def guard_state(self, now: float, kind: GuardStateKind) -> list[Command]:
+        was, self.guard_kind = self.guard_kind, kind
         self.guard_up = _Wish(kind == GuardStateKind.UP, now)
-        return self._update_want(now)
+        cmds: list[Command] = []
+        if was == GuardStateKind.UP and kind == GuardStateKind.DOWN:
+            cmds += self._refresh_peer(now)
+        return [*cmds, *self._update_want(now)]
+
+    def _refresh_peer(self, now: float) -> list[Command]:
+        """Restart Tox (see the top: tunnel down, Tox still "connected" over UDP)."""
+        if not self.running or self.peer_friend is None or self.peer_key is None:
+            return []
+        if self.peer_conn != Transport.UDP:
+            return []
+        if self.refreshed_at is not None and now - self.refreshed_at < REFRESH_MIN_INTERVAL:
+            return []
+        self.refreshed_at = now
+        self.log.info("peer.refresh", reason="tunnel went down while Tox said UDP: restart Tox")
+        return [StopTox(), StartTox()]  # the runner carries out both at once, in this order
 
     # -- internals ----------------------------------------------------------------------------
 

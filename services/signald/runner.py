@@ -13,8 +13,10 @@ the addresses are handed to toxcore.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
+import sys
 import time
 from collections.abc import Callable
 
@@ -25,6 +27,8 @@ from punchguard.messages import (
     SignalPolicy,
     SignalRecv,
     SignalSend,
+    SignalState,
+    SignalStateKind,
     Transport,
 )
 from punchguard.service import ServiceContext
@@ -259,4 +263,16 @@ class SignalRunner:
 
 
 async def serve(ctx: ServiceContext) -> None:
+    try:
+        savedata.load(savedata.path_in(ctx.config.paths.state_dir))
+    except OSError as e:
+        # Refuse to start with an unsafe (readable by others, not ours) or unreadable
+        # identity: say why, then exit 2 before supervisord's startsecs so the stage ends
+        # FATAL (the same path as guardd's and otrd's refusals).
+        ctx.log.error("signal.cannot_start", reason=str(e))
+        ctx.bus.set_state(SignalState(SignalStateKind.ERROR, since=time.time(), reason=str(e)))
+        await asyncio.sleep(0.2)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
     await SignalRunner(ctx).run()

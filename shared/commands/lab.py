@@ -16,7 +16,7 @@ from collections.abc import Callable
 from punchguard import SERVICES
 from punchguard import lab as labmod
 from punchguard.bus import Bus
-from punchguard.commands import EXIT_FAIL, EXIT_OK, CommandError, example
+from punchguard.commands import EXIT_FAIL, EXIT_OK, CommandError, example, labfaults
 from punchguard.flow import LABELS, MILESTONES, Flow
 from punchguard.netlab import LabError, NatBehaviour, NatLab
 
@@ -204,6 +204,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "sudo punchguard lab demo                 # up, ping both ways, down",
             "sudo punchguard lab up --nat-b symmetric --turn",
             "sudo punchguard lab exec a -- punchguard tap",
+            "sudo punchguard lab cut --side a        # faults: cut, rebind, partition",
             "sudo punchguard lab down",
         ),
         formatter_class=fmt,
@@ -269,3 +270,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--name", help="lab id (default: every lab)")
     p.set_defaults(func=cmd_down)
+    labfaults.register(lsub)  # cut, rebind, partition, ctl (issue 9)
