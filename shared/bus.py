@@ -178,6 +178,10 @@ class Bus:
         self._states[msg.TYPE] = msg
         self.publish(msg)
 
+    def clear_state(self, msg_type: str) -> None:
+        """Stop republishing the state of ``msg_type`` (consumers let it go stale)."""
+        self._states.pop(msg_type, None)
+
     def state(self, msg_type: str) -> Message | None:
         return self._states.get(msg_type)
 

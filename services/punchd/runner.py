@@ -45,6 +45,8 @@ from punchguard.messages import (
     OtrState,
     OtrStateKind,
     PunchState,
+    PunchStateKind,
+    SignalPolicy,
     SignalState,
 )
 from punchguard.service import ServiceContext
@@ -202,6 +204,7 @@ class Runner:
                     peer_nat=cmd.state.peer_nat.name.lower(), attempt=cmd.state.attempt,
                 )  # fmt: skip
                 self.bus.set_state(cmd.state)
+                self._signaling_policy(cmd.state)
             elif isinstance(cmd, PublishPath):
                 self.log.info("punch.path", **{k: str(v) for k, v in vars(cmd.path).items()})
                 self.bus.set_state(cmd.path)
@@ -214,6 +217,16 @@ class Runner:
                 self._start_checks(cmd)
             elif isinstance(cmd, CloseSession):
                 await self._close(cmd.session, keep_relay=cmd.keep_relay)
+
+    def _signaling_policy(self, state: PunchState) -> None:
+        """While the path is relayed, keep Tox online (even under the on-demand policy): the
+        direct retries and a relay's recovery travel over signaling. Level-triggered: the wish
+        is republished on the heartbeat, and goes stale in signald once we stop."""
+        path = self.core.path
+        if state.state == PunchStateKind.CONNECTED and path is not None and path.relayed:
+            self.bus.set_state(SignalPolicy(online=True, reason="relayed: retrying direct"))
+        else:
+            self.bus.clear_state(SignalPolicy.TYPE)
 
     def _start_gather(self, cmd: StartGather) -> None:
         session = ice_adapter.IceSession(

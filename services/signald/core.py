@@ -394,8 +394,10 @@ class SignalCore:
     def _compute_want(self, now: float) -> bool:
         punchd_says = self.punchd.value if now - self.punchd.seen <= STALE_AFTER else None
         guard_up = self.guard_up.value if now - self.guard_up.seen <= STALE_AFTER else None
-        if punchd_says is False:
-            return False
+        if punchd_says is not None:
+            # punchd's explicit wish wins: offline, or online while its path is relayed (it
+            # retries a direct punch over signaling: docs/turn.md)
+            return punchd_says
         return not (self.mode == Mode.ON_DEMAND and guard_up is True)
 
     def _update_want(self, now: float) -> list[Command]:

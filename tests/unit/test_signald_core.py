@@ -182,6 +182,16 @@ def test_on_demand_follows_guard_level_triggered() -> None:
     assert StartTox() in c.guard_state(6.0, GuardStateKind.DOWN)
 
 
+def test_on_demand_stays_online_while_punchd_asks_for_it() -> None:
+    # a relayed path: punchd keeps signaling up to retry a direct punch (docs/turn.md)
+    c = online(make())
+    assert c.policy(3.0, True, "relayed: retrying direct") == []
+    assert c.guard_state(3.5, GuardStateKind.UP) == []  # on-demand, tunnel up: still online
+    assert c.want_online
+    # punchd stops asking (the path went direct): the on-demand rule applies again
+    assert StopTox() in c.tick(3.0 + core.STALE_AFTER + 0.1)
+
+
 def test_stale_guard_state_is_forgotten() -> None:
     c = online(make())
     c.guard_state(3.0, GuardStateKind.UP)
