@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 
@@ -38,7 +36,7 @@ from guardd.core import (
 )
 from punchguard.config import Config
 from punchguard.messages import GuardState, GuardStateKind
-from punchguard.service import ServiceContext
+from punchguard.service import ServiceContext, refuse
 
 IFNAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,14}$")
 
@@ -333,17 +331,10 @@ async def serve(ctx: ServiceContext) -> None:
         netlink.NetlinkFailure,
     ) as e:
         ctx.log.error("guard.cannot_start", reason=str(e))
-        ctx.bus.set_state(
-            GuardState(
-                GuardStateKind.ERROR, interface=ctx.config.wireguard.interface, reason=str(e)
-            )
+        # Exit 2 well before supervisord's startsecs: a failed start, FATAL after the retries.
+        # Nothing to clean up: nothing was created.
+        state = GuardState(
+            GuardStateKind.ERROR, interface=ctx.config.wireguard.interface, reason=str(e)
         )
-        # Let connected subscribers see why, briefly: the exit must come well before
-        # supervisord's startsecs, so that it counts as a failed start and ends in FATAL.
-        await asyncio.sleep(0.2)
-        # Exit status 2 without a traceback (punchguard.service has no "refuse to start" path;
-        # a SystemExit raised in a task prints one). Nothing to clean up: nothing was created.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(2)
+        await refuse(ctx, state, str(e))
     await guard.run()

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import sys
 import time
 from collections import Counter
 
@@ -33,7 +31,7 @@ from punchguard.messages import (
     SignalState,
     SignalStateKind,
 )
-from punchguard.service import ServiceContext
+from punchguard.service import ServiceContext, refuse
 
 #: longest wait for a bus message before the core's timers are looked at again
 MAX_WAIT = 1.0
@@ -110,11 +108,8 @@ async def serve(ctx: ServiceContext) -> None:
         # then exit 2 before supervisord's startsecs, so the stage ends FATAL rather than
         # running without an identity (the same path as guardd's refusal).
         ctx.log.error("otr.no_key", error=str(e))
-        ctx.bus.set_state(OtrState(OtrStateKind.FAILED, since=time.time(), reason=str(e)))
-        await asyncio.sleep(0.2)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(2)
+        state = OtrState(OtrStateKind.FAILED, since=time.time(), reason=str(e))
+        await refuse(ctx, state, str(e))
     ctx.log.info("otr.identity", fingerprint=fingerprint(key), pinned=cfg.peer.otr_fingerprint)
     session = OtrSession(
         key,

@@ -13,10 +13,8 @@ the addresses are handed to toxcore.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import socket
-import sys
 import time
 from collections.abc import Callable
 
@@ -31,7 +29,7 @@ from punchguard.messages import (
     SignalStateKind,
     Transport,
 )
-from punchguard.service import ServiceContext
+from punchguard.service import ServiceContext, refuse
 from signald import savedata, toxcore
 from signald.core import (
     AddFriend,
@@ -270,9 +268,6 @@ async def serve(ctx: ServiceContext) -> None:
         # identity: say why, then exit 2 before supervisord's startsecs so the stage ends
         # FATAL (the same path as guardd's and otrd's refusals).
         ctx.log.error("signal.cannot_start", reason=str(e))
-        ctx.bus.set_state(SignalState(SignalStateKind.ERROR, since=time.time(), reason=str(e)))
-        await asyncio.sleep(0.2)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(2)
+        state = SignalState(SignalStateKind.ERROR, since=time.time(), reason=str(e))
+        await refuse(ctx, state, str(e))
     await SignalRunner(ctx).run()
