@@ -33,17 +33,7 @@ CASES = (("cone", "symmetric"), ("symmetric", "symmetric"), ("cone", "cone"))
 
 
 def punchd_pid(info: labmod.LabInfo, name: str) -> int:
-    ns = info.hosts[name].ns
-    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
-    for pid in pids.split():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                argv = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if b"punchd" in argv and b"-m" in argv:
-            return int(pid)
-    raise RuntimeError(f"no punchd in {ns}")
+    return labmod.stage_pid(info, name, "punchd")
 
 
 def path_of(info: labmod.LabInfo, name: str) -> dict[str, Any]:

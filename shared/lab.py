@@ -319,6 +319,20 @@ def destroy(info: LabInfo) -> list[str]:
     return done
 
 
+def stage_pid(info: LabInfo, host: str, service: str) -> int:
+    """The pid of ``python -m <service>`` running in ``host``'s namespace."""
+    ns = info.hosts[host].ns
+    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+    for pid in pids.split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if service.encode() in argv and b"-m" in argv:
+            return int(pid)
+    raise LabError(f"no {service} running in {ns}")
+
+
 def _interfaces(info: LabInfo) -> set[str]:
     return {h.interface for h in info.hosts.values()}
 

@@ -135,15 +135,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAIL
 
 
-def _find(args: argparse.Namespace) -> labmod.LabInfo:
-    try:
-        return labmod.find_lab(args.name)
-    except LabError as e:
-        raise CommandError(str(e)) from None
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    info = _find(args)
+    info = labfaults.find(args)
     result = {}
     all_up = True
     for name, host in info.hosts.items():
@@ -164,7 +157,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if cmd[:1] == ["--name"] and len(cmd) > 1:  # `exec a --name X -- CMD` works too
         args.name, cmd = cmd[1], cmd[2:]
     cmd = cmd[1:] if cmd[:1] == ["--"] else cmd
-    info = _find(args)
+    info = labfaults.find(args)
     if not cmd:
         raise CommandError("nothing to run: punchguard lab exec a -- CMD ...")
     host = info.hosts[args.host]

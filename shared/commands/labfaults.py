@@ -19,7 +19,8 @@ from punchguard.commands import EXIT_OK, CommandError, example
 from punchguard.netlab import LabError
 
 
-def _find(args: argparse.Namespace) -> labmod.LabInfo:
+def find(args: argparse.Namespace) -> labmod.LabInfo:
+    """The lab named by ``--name`` (or the only one), or a CommandError saying why not."""
     try:
         return labmod.find_lab(args.name)
     except LabError as e:
@@ -27,7 +28,7 @@ def _find(args: argparse.Namespace) -> labmod.LabInfo:
 
 
 def cmd_cut(args: argparse.Namespace) -> int:
-    info = _find(args)
+    info = find(args)
     try:
         for line in faults.cut(info, args.side):
             print(line)
@@ -37,7 +38,7 @@ def cmd_cut(args: argparse.Namespace) -> int:
 
 
 def cmd_rebind(args: argparse.Namespace) -> int:
-    info = _find(args)
+    info = find(args)
     try:
         print(faults.unrebind(info, args.side) if args.reset else faults.rebind(info, args.side))
     except LabError as e:
@@ -54,7 +55,7 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
-    info = _find(args)
+    info = find(args)
     try:
         if args.heal:
             print(faults.heal(info))
@@ -84,7 +85,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     if rest[:1] == ["--name"] and len(rest) > 1:  # `ctl a --name X -- ARGS` works too
         args.name, rest = rest[1], rest[2:]
     rest = rest[1:] if rest[:1] == ["--"] else rest
-    info = _find(args)
+    info = find(args)
     if not rest:
         rest = ["status"]
     r = info.hosts[args.host].punchguard("ctl", "--", *rest, timeout=120)

@@ -103,17 +103,7 @@ def relayed_side(info: labmod.LabInfo) -> str:
 
 
 def punchd_pid(info: labmod.LabInfo, name: str) -> int:
-    ns = info.hosts[name].ns
-    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
-    for pid in pids.split():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                argv = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if b"punchd" in argv and b"-m" in argv:
-            return int(pid)
-    raise AssertionError(f"no punchd running in {ns}")
+    return labmod.stage_pid(info, name, "punchd")
 
 
 def test_symmetric_symmetric_relayed(make_lab: Callable[..., labmod.LabInfo]) -> None:
