@@ -4,9 +4,10 @@ forwarder on the relayed side (docs/turn.md).
 
 * symmetric/cone and symmetric/symmetric get a relayed tunnel; ping crosses both ways.
 * cone/cone with TURN configured stays direct.
-* symmetric/cone: the relayed tunnel survives kill -9 of punchd on the relayed side and a cut
-  (conntrack flush) of the symmetric NAT; switching that NAT to cone moves the tunnel to a
-  direct path (punchd's direct probe) while ping keeps crossing.
+* cone/symmetric: the relayed tunnel (either side may hold the allocation) survives kill -9 of
+  punchd on the relayed side and a cut (conntrack flush) of the symmetric NAT; switching that
+  NAT to cone moves the tunnel to a direct path (punchd's direct probe) while ping keeps
+  crossing.
 """
 
 from __future__ import annotations
@@ -138,8 +139,10 @@ def test_symmetric_cone_relayed_survives_faults_then_goes_direct(
     for name in ("a", "b"):
         p = path(info, name)
         assert p is not None and p["relayed"], p
+    # Either side may hold the allocation: b (behind the symmetric NAT) relayed to a's srflx, or
+    # a relayed to b's prflx (TURN permissions are per IP, so b's fresh NAT port gets through).
+    # ICE nominates whichever pair answers first; CI has seen both.
     side = relayed_side(info)
-    assert side == "b"  # behind the symmetric NAT
     assert "direct failed" in relay_line(info, side)
 
     # kill -9 punchd on the relayed side: its forwarder dies with it; supervisord restarts it
@@ -151,8 +154,8 @@ def test_symmetric_cone_relayed_survives_faults_then_goes_direct(
     p = path(info, side)
     assert p is not None and p["relayed"], p
 
-    # a cut of the symmetric NAT: every mapping (ours to the TURN server too) forgotten
-    info_nat = f"{info.lab_id}-nat{side}"
+    # a cut of the symmetric NAT (b's): every mapping (to the TURN server too) forgotten
+    info_nat = f"{info.lab_id}-natb"
     subprocess.run(["ip", "netns", "exec", info_nat, "conntrack", "-F"], capture_output=True)
     time.sleep(2.0)
     wait_for("ping after a cut of the NAT", lambda: pings(info), RECOVER_TIMEOUT)
