@@ -10,6 +10,9 @@ Files, under the state root (``[paths] state_dir``; each stage sees only its sub
                           wireguard_public_key, tunnel_address, and [wireguard] address
                           (ours, as agreed); public values only
 
+and the config file ``punchguard init`` writes if there is none (``write_config``): 0640
+root:punchguard, as it may hold a TURN password that punchd must read.
+
 The peer record is an overlay of the config (``config.load`` reads it: see
 ``config.peer_file``), so the stages keep reading ``config.peer``. It is written atomically:
 a bad code never leaves a half-written peer.
@@ -20,6 +23,7 @@ since this is the one place (the CLI) that composes them.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import json
 import os
@@ -30,10 +34,13 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from punchguard import privatefile
 from punchguard.invite import Invitation, InviteError, agree_addresses
+from punchguard.stack import SERVICE_USER
 
 SELF_FILE = "self.toml"
 PEER_FILE = "peer.toml"
+CONFIG_GROUP = SERVICE_USER  # the unprivileged stages' group (scripts/setup makes both)
 
 
 class PairingError(Exception):
@@ -233,14 +240,33 @@ def read_peer_record(state_root: Path) -> dict[str, dict[str, str]] | None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """A public file (self.toml, peer.toml: public values only), 0644, replaced atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    privatefile.write_atomic(path, text.encode(), mode=0o644)
+
+
+# -- the config file -------------------------------------------------------------------------
+
+
+def config_gid() -> int | None:
+    """The group of the unprivileged stages (``CONFIG_GROUP``), if it exists."""
+    try:
+        return grp.getgrnam(CONFIG_GROUP).gr_gid
+    except KeyError:
+        return None
+
+
+def write_config(path: Path, text: str) -> str:
+    """Create the config file (never replacing one: ``FileExistsError``). It may hold a TURN
+    password, so it is 0640 root:``CONFIG_GROUP`` (the unprivileged stages read it), or 0600
+    when that group does not exist. Returns the mode and group it got, to tell the user."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gid = config_gid()
+    if gid is None:
+        privatefile.write_atomic(path, text.encode(), mode=0o600, exclusive=True)
+        return "0600"
+    privatefile.write_atomic(path, text.encode(), mode=0o640, exclusive=True, gid=gid)
+    return f"0640, group {CONFIG_GROUP}"
 
 
 def service_user_exists(user: str) -> bool:

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
-import stat
+import contextlib
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from punchguard import privatefile
+
 KEY_FILE = "wg.key"
+WHAT = "the private key"  # what the file holds, in errors
 
 
 class KeyFileError(Exception):
@@ -73,47 +75,27 @@ def public_key(private_key: str) -> str:
 
 def load_private_key(path: Path) -> str:
     """The private key in ``path``; ``KeyFileError`` if it is not safe or not a key."""
+    data = privatefile.read(path, WHAT, KeyFileError, limit=200)
+    if data is None:
+        raise KeyFileError(f"{path}: no such key file")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such key file") from None
-    except OSError as e:
-        raise KeyFileError(f"{path}: cannot open: {e.strerror}") from None
-    with os.fdopen(fd, "r") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{path}: not a regular file")
-        if st.st_uid != os.geteuid():
-            raise KeyFileError(f"{path}: owned by uid {st.st_uid}, must be {os.geteuid()}")
-        if st.st_mode & 0o077:
-            raise KeyFileError(
-                f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read the private key; "
-                f"run: chmod 600 {path}"
-            )
-        try:
-            return check_key(fh.read(200))
-        except KeyFileError as e:
-            raise KeyFileError(f"{path}: {e}") from None
+        return check_key(data.decode("ascii", errors="replace"))
+    except KeyFileError as e:
+        raise KeyFileError(f"{path}: {e}") from None
 
 
 def ensure_key(state_dir: Path) -> KeyPair:
     """This host's key pair, creating ``<state_dir>/wg.key`` (0600) if it does not exist."""
     path = key_path(state_dir)
     if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         private = generate_private_key()
-        tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(private + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.link(tmp, path)  # atomic, and never replaces a key someone else just made
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # create-once: never replaces a key someone else just made (we then read theirs)
+            with contextlib.suppress(FileExistsError):
+                privatefile.write_atomic(path, (private + "\n").encode(), exclusive=True)
+        except OSError as e:  # a read-only or full disk: a clear refusal, not a traceback
+            raise KeyFileError(f"{path}: cannot create the private key: {e.strerror}") from None
     private = load_private_key(path)
     return KeyPair(private, public_key(private))
 

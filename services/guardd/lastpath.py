@@ -1,14 +1,14 @@
 """The last working path, kept across restarts: ``<state_dir>/last-path.json`` (issue 9).
 
 guardd writes it when the tunnel is UP (on the transition, then at most every ``REFRESH`` s while
-it stays up), root-owned, mode 0600, atomically (a temporary file in the same directory, fsync,
-``os.replace``). When a whole host's stack restarts and the WireGuard interface had to be made
-afresh (a reboot, a killed wireguard-go), guardd reads it back and applies that path at once,
-before Tox is even online: while the NAT mappings are still warm (the peer keeps sending
-keepalives into them) a handshake brings the tunnel back in a second or two. What is read back
-goes through ``core.validate_path`` like any path from the bus; a file that does not parse,
-belongs to another peer, is unsafe (not ours, group/world-readable, a symlink) or is older than
-``MAX_AGE`` is ignored (with a reason for the log).
+it stays up), root-owned, mode 0600, atomically (``punchguard.privatefile``: a temporary file in
+the same directory, fsync, ``os.replace``). When a whole host's stack restarts and the WireGuard
+interface had to be made afresh (a reboot, a killed wireguard-go), guardd reads it back and
+applies that path at once, before Tox is even online: while the NAT mappings are still warm (the
+peer keeps sending keepalives into them) a handshake brings the tunnel back in a second or two.
+What is read back goes through ``core.validate_path`` like any path from the bus; a file that
+does not parse, belongs to another peer, is unsafe (not ours, group/world-readable, a symlink)
+or is older than ``MAX_AGE`` is ignored (with a reason for the log).
 
 Wire form (JSON)::
 
@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path as FsPath
 
 from guardd.core import Refused, ValidPath, validate_path
+from punchguard import privatefile
 from punchguard.messages import Path, Role
 
 FILE = "last-path.json"
 VERSION = 1
 REFRESH = 30.0  # s between rewrites while the tunnel stays up (saved_at stays meaningful)
 MAX_AGE = 3600.0  # s: older than this, the mappings are surely gone
+WHAT = "guardd's private record of the last path"  # what the file holds, in errors
 
 
 class NoLastPath(Exception):
@@ -54,17 +55,7 @@ def save(state_dir: FsPath, path: ValidPath, peer_public_key: str, wall: float) 
         "relayed": path.relayed,
         "generation": path.generation,
     }
-    target = file_path(state_dir)
-    tmp = target.with_name(f".{FILE}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    privatefile.write_atomic(file_path(state_dir), json.dumps(data).encode())
 
 
 def load(state_dir: FsPath, peer_public_key: str, wall: float) -> tuple[ValidPath, float]:
@@ -77,9 +68,7 @@ def load(state_dir: FsPath, peer_public_key: str, wall: float) -> tuple[ValidPat
     except OSError as e:
         raise NoLastPath(f"cannot open {target}: {e.strerror}") from None
     with os.fdopen(fd, "r") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            raise NoLastPath(f"{target}: not a private regular file of ours")
+        privatefile.check(target, os.fstat(fh.fileno()), WHAT, NoLastPath)
         try:
             data = json.loads(fh.read(4096))
         except (ValueError, UnicodeDecodeError):

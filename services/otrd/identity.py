@@ -5,6 +5,7 @@ directory, fsync, rename) with mode 0600, and read by otrd at start. The file ho
 private key serialization (OTR's public key type 0x0000 followed by the MPIs p, q, g, y, x).
 A key file that group or others can read, that is not ours, or that is a symlink is
 refused (``IdentityError`` naming the fix); otrd then refuses to start (docs/security.md).
+Reading, checking and writing are ``punchguard.privatefile``'s.
 
 Fingerprints are SHA-1 over the public key's MPIs (OTR v2), shown as 40 lowercase hex digits;
 ``normalize_fingerprint`` also accepts libotr's human form ("12345678 9ABCDEF0 ...").
@@ -14,15 +15,14 @@ The pairing CLI uses ``ensure_key(state_dir) -> fingerprint``; so does
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import stat
 from pathlib import Path
 
 from otrd.potr_compat import OtrDSAKey, generate_key, parse_private_key
+from punchguard import privatefile
 
 KEY_FILE = "otr.key"
+WHAT = "the OTR key"  # what the file holds, in errors
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 
 
@@ -57,34 +57,14 @@ def human_fingerprint(fpr: str) -> str:
 def load_key(state_dir: Path) -> OtrDSAKey | None:
     """The stored key, ``None`` if there is none, ``IdentityError`` if it is unusable."""
     path = key_path(state_dir)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
+    # root (the pairing CLI) may read the service user's key
+    data = privatefile.read(path, WHAT, IdentityError, limit=64 * 1024, root_reads_any=True)
+    if data is None:
         return None
-    except OSError as e:
-        raise IdentityError(f"{path}: cannot read the OTR key: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        check_private_file(path, os.fstat(fh.fileno()), IdentityError)
-        data = fh.read(64 * 1024)
     try:
         return parse_private_key(data)
     except Exception as e:  # potr's parser raises whatever the bytes provoke
         raise IdentityError(f"{path}: not an OTR DSA private key ({type(e).__name__})") from None
-
-
-def check_private_file(path: Path, st: os.stat_result, error: type[Exception]) -> None:
-    """Raise ``error`` unless ``st`` (of ``path``) is a regular file that only its owner can
-    read, owned by us (root, the pairing CLI, may read the service user's file)."""
-    if not stat.S_ISREG(st.st_mode):
-        raise error(f"{path}: not a regular file")
-    euid = os.geteuid()
-    if st.st_uid != euid and euid != 0:
-        raise error(f"{path}: owned by uid {st.st_uid}, must be {euid}")
-    if st.st_mode & 0o077:
-        raise error(
-            f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read the private key; "
-            f"run: chmod 600 {path}"
-        )
 
 
 def load_or_create_key(state_dir: Path) -> OtrDSAKey:
@@ -102,21 +82,7 @@ def ensure_key(state_dir: Path) -> str:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        privatefile.write_atomic(path, data)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise IdentityError(f"{path}: cannot write the OTR key: {e.strerror}") from None
+        raise IdentityError(f"{path}: cannot write {WHAT}: {e.strerror}") from None

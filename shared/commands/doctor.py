@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from punchguard import config as configmod
-from punchguard import pairing
+from punchguard import pairing, privatefile
 from punchguard.commands import EXIT_FAIL, EXIT_OK, example
 from punchguard.stack import SERVICE_USER
 
@@ -93,7 +93,7 @@ def check_state(cfg: configmod.Config) -> list[Check]:
         st = path.stat()
         owner = pwd.getpwuid(st.st_uid).pw_name if _uid_known(st.st_uid) else str(st.st_uid)
         want_owner = "root" if name == "WireGuard" else SERVICE_USER
-        if st.st_mode & 0o077:
+        if st.st_mode & privatefile.OTHERS:
             out.append(
                 Check(
                     False,
@@ -110,6 +110,24 @@ def check_state(cfg: configmod.Config) -> list[Check]:
     else:
         out.append(Check(False, "not paired", "punchguard pair CODE (the other host's invite)"))
     return out
+
+
+def check_config_secret(cfg: configmod.Config) -> list[Check]:
+    """A config file holding a TURN password must not be world-readable (docs/security.md)."""
+    path = Path(cfg.source)
+    if not any(t.password for t in cfg.ice.turn_servers) or not path.is_file():
+        return []
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o004:
+        return [
+            Check(
+                False,
+                f"config {path} holds a TURN password and is readable by others (mode {mode:04o})",
+                f"chmod 640 {path}; chgrp {pairing.CONFIG_GROUP} {path}",
+                warn=True,
+            )
+        ]
+    return [Check(True, f"config {path} holds a TURN password, not readable by others")]
 
 
 def _uid_known(uid: int) -> bool:
@@ -195,6 +213,7 @@ def run_checks(cfg: configmod.Config, network: bool) -> list[Check]:
     checks = [f() for f in simple]
     checks.append(check_user(cfg.bus.group))
     checks.append(Check(True, f"config {cfg.source} is valid"))
+    checks += check_config_secret(cfg)
     checks += check_state(cfg)
     if network:
         checks += check_stun(cfg)

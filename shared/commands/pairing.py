@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -73,16 +72,15 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"  tunnel address   {mine} (peer: {yours}; agreed at pairing)")
     target = Path(args.config) if args.config else configmod.DEFAULT_CONFIG_FILE
     if cfg_file is None or not cfg_file.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(
-            CONFIG_TEMPLATE.format(
-                runtime_dir=cfg.paths.runtime_dir,
-                state_dir=root,
-                interface=cfg.wireguard.interface,
-            )
+        text = CONFIG_TEMPLATE.format(
+            runtime_dir=cfg.paths.runtime_dir, state_dir=root, interface=cfg.wireguard.interface
         )
-        os.chmod(target, 0o644)
-        print(f"wrote a commented config: {target}")
+        try:
+            how = pairing.write_config(target, text)  # not world-readable: TURN passwords
+        except FileExistsError:
+            print(f"left the existing {target} as it is")
+        else:
+            print(f"wrote a commented config: {target} ({how})")
     print("next: `punchguard invite` here, and `punchguard pair CODE` with the other host's code")
     return EXIT_OK
 

@@ -35,6 +35,13 @@ def test_key_readable_by_others_is_refused(tmp_path: Path) -> None:
         keys.ensure_key(tmp_path)
 
 
+def test_key_that_cannot_be_created_is_a_clear_refusal(tmp_path: Path) -> None:
+    # was a bare OSError (a traceback from guardd) when the state directory could not be made
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(keys.KeyFileError, match="cannot create the private key"):
+        keys.ensure_key(tmp_path / "file" / "state")
+
+
 @pytest.mark.parametrize("content", ["", "hello\n", "AAAA\n", "A" * 44 + "\n"])
 def test_malformed_key_file(tmp_path: Path, content: str) -> None:
     path = keys.key_path(tmp_path)
