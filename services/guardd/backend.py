@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from guardd import netlink, uapi
-from guardd.core import DeviceChange, DeviceSample, PeerSample, parse_endpoint
+from guardd.device import DeviceChange, DeviceSample, PeerSample, parse_endpoint
 
 START_TIMEOUT = 5.0  # seconds for wireguard-go's socket to answer (measured: 3-6 ms)
 

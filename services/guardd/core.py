@@ -1,4 +1,4 @@
-"""guardd's pure core: path validation, the desired device, the diff, and liveness.
+"""guardd's pure core: path validation, the desired device, and the tunnel's phase.
 
 Theory of operation
 -------------------
@@ -9,11 +9,11 @@ from root-owned config and the key file, never from the bus. The bus can only de
 ICE role. ``validate_path`` checks it field by field; anything else is refused and counted.
 
 The core is declarative (design 4.4, style 5): ``GuardCore.desired(now)`` is the whole wanted
-device (``DeviceWant``), ``diff(want, have)`` compares it with a ``DeviceSample`` read from the
-interface and returns only the difference (``DeviceChange``); an empty change means "nothing to
-do", so a repeated path is a no-op. Fields the core has no opinion on (no path yet, e.g. right
-after a restart that adopted a running interface) are ``None`` and left as they are, so a new
-guardd never disturbs a tunnel that is already carrying traffic.
+device (``DeviceWant``), ``diff(want, have)`` (``device.py``) compares it with a ``DeviceSample``
+read from the interface and returns only the difference (``DeviceChange``); an empty change means
+"nothing to do", so a repeated path is a no-op. Fields the core has no opinion on (no path yet,
+e.g. right after a restart that adopted a running interface) are ``None`` and left as they are,
+so a new guardd never disturbs a tunnel that is already carrying traffic.
 
 Staggered start (design 4.4): both sides initiating at once can livelock. The CONTROLLING side
 turns on persistent keepalive ``INITIATE_DELAY`` after it has the path (turning it on makes
@@ -24,33 +24,11 @@ side sets the endpoint with keepalive off and waits; once it sees the handshake 
 since the path was applied, within a live session) it turns keepalive on too, which keeps its
 NAT mapping open.
 
-Liveness: WireGuard itself only gives up after 180 s (REJECT_AFTER_TIME). With persistent
-keepalive K on both sides, an idle tunnel receives a keepalive every K seconds; a one-way flow
-makes the receiver answer with a passive keepalive after 10 s (KEEPALIVE_TIMEOUT). So received
-bytes advance at least every max(K, 10) seconds on a live path, and ``dead_after`` =
-max(3 K, K + 10) seconds without any received byte means the path is dead: 15 s with K = 5.
-The same bound applies to a path that never completes a handshake. The runner samples the
-interface every ``POLL_INTERVAL`` seconds, so DOWN is reported at most dead_after + 0.5 s after
-the last packet arrived.
-
-Probes (issue 9, ``probe.py``): 15 s is long for a path that died (a NAT rebinding, a
-partition). So after ``PROBE_AFTER`` s without a received byte guardd sends an ICMP echo to the
-peer's tunnel address every ``PROBE_INTERVAL`` s; a live peer answers within a round trip, which
-also ends the silence. Once the peer has answered a probe (so it does answer them: a firewall
-might not), ``PROBE_AFTER + PROBE_DEAD`` = 5 s of silence with the probes unanswered is DOWN
-("no answer to probes for 5 s"); a peer never seen answering keeps the 15 s rule. On an idle
-tunnel this costs one probe and its reply about every 3 s, and UP means "something came back
-within the last 5 s": packets cross now.
-
-Warm restart (issue 9): when the interface had to be made afresh (a host restart), the runner
-hands ``restore()`` the last path that worked (``lastpath.py``). It is applied at once, like a
-path from punchd, but both roles initiate: the peer is not starting at the same moment (it kept
-running), so there is no crossing to avoid; the controlled side waits
-``RESTORE_CONTROLLED_DELAY`` first, so that when both hosts restarted together the controlling
-side's initiation still goes first. No handshake within ``RESTORE_CHECK`` s: DOWN ("the
-restored path did not answer"), which tells signald and punchd to run the full flow. Any path
-from punchd replaces the restored one at once (its generation is punchd's, not the restored
-one's), so a stale restored path never blocks a new punch.
+Liveness, probes and warm restart (``liveness.py``, where the rules and their numbers are
+explained): a path is DOWN after ``dead_after`` s without a received byte (15 s with keepalive 5),
+or 5 s once the peer has been seen answering guardd's ICMP probes (``probe.py``). A path restored
+after a restart (``restore()``, ``lastpath.py``) is initiated by both roles and is DOWN if no
+handshake came within ``RESTORE_CHECK`` s; any path from punchd replaces it at once.
 """
 
 from __future__ import annotations
@@ -62,27 +40,18 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from guardd.device import DeviceSample, DeviceWant, Endpoint, IPAddress, format_endpoint
+from guardd.liveness import (
+    RESTORE_CHECK,
+    RESTORE_CONTROLLED_DELAY,
+    session_live,
+    should_probe,
+    silence_limit,
+)
 from punchguard.messages import GuardState, GuardStateKind, Message, Path, Role
 
 PATH_ENDPOINT = "punchd"  # the only producer guardd takes anything from
-POLL_INTERVAL = 0.5  # seconds between samples of the interface
 INITIATE_DELAY = 0.25  # seconds the controlling side waits before initiating (see the top)
-KEEPALIVE_TIMEOUT = 10  # WireGuard's passive keepalive (protocol constant)
-REJECT_AFTER_TIME = 180  # WireGuard's session lifetime (protocol constant)
-RESTORE_CONTROLLED_DELAY = 1.0  # s: a restored controlled side initiates too, after this
-RESTORE_CHECK = 5.0  # s: a restored path without a handshake by then is reported DOWN
-PROBE_AFTER = 3.0  # s without received bytes before guardd probes across the tunnel
-PROBE_INTERVAL = 0.5  # s between probes while the silence lasts
-PROBE_DEAD = 2.0  # s of unanswered probing after which the path is dead (see the top)
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Endpoint = tuple[IPAddress, int]
-
-
-def dead_after(keepalive: int) -> float:
-    """Seconds without received bytes after which a path is declared dead (see the top)."""
-    k = max(keepalive, 1)
-    return float(max(3 * k, k + KEEPALIVE_TIMEOUT))
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,140 +136,6 @@ def validate_path(endpoint: str, msg: Message) -> ValidPath:
     if type(msg.generation) is not int or msg.generation < 0:
         raise Refused("bad_field", "generation")
     return ValidPath(listen_port, (addr, port), msg.role, msg.generation, msg.relayed)
-
-
-def format_endpoint(ep: Endpoint) -> str:
-    addr, port = ep
-    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
-
-
-def parse_endpoint(text: str) -> Endpoint | None:
-    """``host:port`` / ``[v6]:port`` as WireGuard prints it, or None (also for garbage)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        return None
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]), int(port)
-    except ValueError:
-        return None
-
-
-# --------------------------------------------------------------------------------------------
-# device: what we want, what it has, the difference
-
-
-@dataclass(frozen=True)
-class PeerSample:
-    public_key: str  # base64
-    endpoint: Endpoint | None = None
-    allowed_ips: tuple[str, ...] = ()  # canonical CIDRs
-    keepalive: int = 0
-    last_handshake: float = 0.0  # unix time, 0 = never
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class DeviceSample:
-    """What the interface has now (read through a backend adapter)."""
-
-    private_key: str | None = None  # base64
-    listen_port: int = 0
-    peers: tuple[PeerSample, ...] = ()
-
-    def peer(self, public_key: str) -> PeerSample | None:
-        for p in self.peers:
-            if p.public_key == public_key:
-                return p
-        return None
-
-
-@dataclass(frozen=True)
-class DeviceWant:
-    """The whole desired device. ``None`` = no opinion: leave what the interface has."""
-
-    private_key: str
-    peer_public_key: str
-    allowed_ips: tuple[str, ...]
-    listen_port: int | None = None
-    endpoint: Endpoint | None = None
-    keepalive: int | None = None
-
-
-@dataclass(frozen=True)
-class PeerChange:
-    public_key: str
-    create: bool = False
-    endpoint: Endpoint | None = None
-    keepalive: int | None = None
-    allowed_ips: tuple[str, ...] | None = None  # replace the list with this
-
-
-@dataclass(frozen=True)
-class DeviceChange:
-    """Only the difference to apply; ``bool(change)`` is False when there is nothing to do."""
-
-    private_key: str | None = None
-    listen_port: int | None = None
-    remove_peers: tuple[str, ...] = ()
-    peer: PeerChange | None = None
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.private_key is not None
-            or self.listen_port is not None
-            or self.remove_peers
-            or self.peer is not None
-        )
-
-
-def canonical_cidr(text: str) -> str:
-    return str(ipaddress.ip_network(text, strict=False))
-
-
-def host_cidr(address_cidr: str) -> str:
-    """The host route (/32 or /128) of an interface address such as ``10.99.0.2/24``."""
-    iface = ipaddress.ip_interface(address_cidr)
-    return f"{iface.ip}/{iface.max_prefixlen}"
-
-
-def diff(want: DeviceWant, have: DeviceSample) -> DeviceChange:
-    """The change that turns ``have`` into ``want``, touching nothing else."""
-    private_key = want.private_key if have.private_key != want.private_key else None
-    listen_port = (
-        want.listen_port
-        if want.listen_port is not None and want.listen_port != have.listen_port
-        else None
-    )
-    remove = tuple(p.public_key for p in have.peers if p.public_key != want.peer_public_key)
-    current = have.peer(want.peer_public_key)
-    wanted_ips = tuple(sorted(canonical_cidr(c) for c in want.allowed_ips))
-    peer: PeerChange | None
-    if current is None:
-        peer = PeerChange(
-            want.peer_public_key,
-            create=True,
-            endpoint=want.endpoint,
-            keepalive=want.keepalive or None,
-            allowed_ips=wanted_ips,
-        )
-    else:
-        changes = PeerChange(
-            want.peer_public_key,
-            endpoint=want.endpoint
-            if want.endpoint is not None and want.endpoint != current.endpoint
-            else None,
-            keepalive=want.keepalive
-            if want.keepalive is not None and want.keepalive != current.keepalive
-            else None,
-            allowed_ips=wanted_ips
-            if tuple(sorted(canonical_cidr(c) for c in current.allowed_ips)) != wanted_ips
-            else None,
-        )
-        empty = PeerChange(want.peer_public_key)
-        peer = None if changes == empty else changes
-    return DeviceChange(private_key, listen_port, remove, peer)
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,8 +261,7 @@ class GuardCore:
         self.sample = sample
         peer = sample.peer(self.ident.peer_public_key)
         rx = peer.rx_bytes if peer else 0
-        hs = peer.last_handshake if peer else 0.0
-        session = hs > 0 and wall - hs < REJECT_AFTER_TIME
+        session = session_live(peer.last_handshake if peer else 0.0, wall)
         if first:
             # Adoption of a running interface: a live session counts as progress now.
             self.last_rx = rx
@@ -472,11 +306,7 @@ class GuardCore:
         """Should a probe go out now? (UP, silent for ``PROBE_AFTER`` s, none sent lately)"""
         if self.phase is not Phase.UP or self.last_rx_change is None:
             return False
-        if self.probe_replies == 0 and (self.last_probe is None or now - self.last_probe >= 5):
-            return True  # learn whether the peer answers probes at all (every 5 s until it does)
-        if now - self.last_rx_change < PROBE_AFTER:
-            return False
-        return self.last_probe is None or now - self.last_probe >= PROBE_INTERVAL - 0.05
+        return should_probe(now, self.last_rx_change, self.last_probe, self.probe_replies)
 
     def on_probe_sent(self, now: float) -> None:
         self.last_probe = now
@@ -538,10 +368,7 @@ class GuardCore:
     def _assess(self, now: float, session: bool) -> None:
         if self.applied_at is None:
             return  # no path yet, nothing adopted: NO_PATH stays
-        limit = dead_after(self.ident.keepalive)
-        probed = self.probe_replies > 0 and limit > PROBE_AFTER + PROBE_DEAD
-        if probed:
-            limit = PROBE_AFTER + PROBE_DEAD
+        limit, probed = silence_limit(self.ident.keepalive, self.probe_replies)
         fresh = self.last_rx_change is not None and now - self.last_rx_change < limit
         if self.handshake_seen and session and fresh:
             self.ever_up = True

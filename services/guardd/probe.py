@@ -2,10 +2,11 @@
 
 Why: without them a dead path is only noticed after ``dead_after`` = 15 s of silence, because
 under one-way traffic the receiver answers only every 10 s (WireGuard's passive keepalive).
-When nothing has been received for ``core.PROBE_AFTER`` s guardd sends an echo request through
-the tunnel every ``core.PROBE_INTERVAL`` s; the peer's kernel answers at once, so on a live path
-the silence ends within a round trip, and once the peer has been seen answering, a few
-unanswered probes in a row mean the path is dead (``core.GuardCore._assess``).
+When nothing has been received for ``liveness.PROBE_AFTER`` s guardd sends an echo request
+through the tunnel every ``liveness.PROBE_INTERVAL`` s; the peer's kernel answers at once, so on
+a live path the silence ends within a round trip, and once the peer has been seen answering, a
+few unanswered probes in a row mean the path is dead (``liveness.silence_limit``, applied by
+``core.GuardCore._assess``).
 
 The socket is a raw ICMP socket bound to the WireGuard interface (``SO_BINDTODEVICE``), so
 probes only ever leave through the tunnel and only replies that came through it are seen; a

@@ -21,19 +21,9 @@ import structlog
 
 from guardd import backend as backends
 from guardd import keys, lastpath, netlink, probe
-from guardd.core import (
-    POLL_INTERVAL,
-    DeviceChange,
-    DeviceSample,
-    GuardCore,
-    Identity,
-    Phase,
-    Refused,
-    ValidPath,
-    diff,
-    format_endpoint,
-    host_cidr,
-)
+from guardd.core import GuardCore, Identity, Phase, Refused, ValidPath
+from guardd.device import DeviceChange, DeviceSample, diff, format_endpoint, host_cidr
+from guardd.liveness import POLL_INTERVAL
 from punchguard.config import Config
 from punchguard.messages import GuardState, GuardStateKind
 from punchguard.service import ServiceContext, refuse

@@ -26,7 +26,7 @@ import base64
 import binascii
 from pathlib import Path
 
-from guardd.core import DeviceChange, DeviceSample, PeerSample, format_endpoint, parse_endpoint
+from guardd.device import DeviceChange, DeviceSample, PeerSample, format_endpoint, parse_endpoint
 
 SOCKET_DIR = Path("/var/run/wireguard")
 TIMEOUT = 3.0  # seconds for one request

@@ -26,17 +26,29 @@ small frozen dataclasses that the asyncio runner carries out). No I/O, no clocks
   a new session.
 * While CONNECTED nothing but guardd reporting the tunnel DOWN for our path's generation (or the
   peer asking for a restart) starts a new punch: OTR and Tox may go away by policy meanwhile.
+* A relayed path (TURN) gets direct probes and is punched again when its relay is lost: the rules
+  and texts are in ``relayed.py``; commands and results in ``commands.py``; timers in ``timers.py``.
 """
 
 from __future__ import annotations
 
 import enum
 import random
-import time
-from dataclasses import dataclass
 
+from punchd import relayed
+from punchd.commands import (
+    CloseSession,
+    Command,
+    Gathered,
+    PublishPath,
+    PublishState,
+    Selected,
+    SendParams,
+    StartChecks,
+    StartGather,
+)
+from punchd.timers import Timers, backoff_delay
 from punchguard.messages import (
-    CandidateType,
     GuardStateKind,
     IceParams,
     NatKind,
@@ -66,118 +78,12 @@ class Reason(enum.Enum):
     RELAY_LOST = "the TURN relay (our forwarder or its allocation) was lost"
 
 
-@dataclass(frozen=True)
-class Timers:
-    answer_timeout: float = 10.0  # controlling: peer's params must arrive within this
-    checks_timeout: float = 15.0  # safety net over aioice's own check timers
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    backoff_jitter: float = 0.2  # +- this fraction
-    hopeless_retry: float = 300.0  # both symmetric, no relay: the slow retry
-    confirm_timeout: float = 2.0  # controlling: hand off anyway if the peer never confirms
-    probe_initial: float = 10.0  # relayed: first direct retry after this (relay_probe.py)
-    probe_max: float = 300.0
-
-
-@dataclass(frozen=True)
-class Gathered:
-    """What the runner's gather produced (see ice_adapter.Gathered)."""
-
-    ufrag: str
-    pwd: str
-    candidates: tuple[str, ...]
-    nat: NatKind
-    srflx: int  # number of server-reflexive candidates
-    relay: int  # number of relay candidates
-
-
-@dataclass(frozen=True)
-class Selected:
-    """The pair ICE nominated (see ice_adapter.SelectedPair)."""
-
-    local_port: int
-    remote_host: str
-    remote_port: int
-    local_type: CandidateType
-    remote_type: CandidateType
-    via: str = ""  # relayed: the TURN server (ours if our side is relayed, else the relay address)
-
-
-# -- commands ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StartGather:
-    session: int
-    controlling: bool
-    direct_only: bool = False  # a direct probe while relayed: no TURN allocation
-
-
-@dataclass(frozen=True)
-class SendParams:
-    params: IceParams
-
-
-@dataclass(frozen=True)
-class StartChecks:
-    session: int
-    remote: IceParams
-
-
-@dataclass(frozen=True)
-class CloseSession:
-    session: int
-    keep_relay: bool = False  # the session's pair became the path: keep its TURN allocation
-
-
-@dataclass(frozen=True)
-class PublishState:
-    state: PunchState
-
-
-@dataclass(frozen=True)
-class PublishPath:
-    path: Path
-
-
-Command = StartGather | SendParams | StartChecks | CloseSession | PublishState | PublishPath
-
-
 def choose_role(our_key: str, peer_key: str) -> Role | None:
     """CONTROLLING if our Tox public key is the smaller one; None while either is unknown."""
     ours, theirs = our_key.strip().upper(), peer_key.strip().upper()
     if len(ours) != 64 or len(theirs) != 64 or ours == theirs:
         return None
     return Role.CONTROLLING if ours < theirs else Role.CONTROLLED
-
-
-def backoff_delay(attempt: int, timers: Timers, rng: random.Random) -> float:
-    """Exponential backoff for the ``attempt``-th consecutive failure (1-based), capped, with
-    +-jitter so two restarted hosts do not stay in lock-step."""
-    base = min(timers.backoff_max, timers.backoff_initial * 2.0 ** max(0, attempt - 1))
-    spread = base * timers.backoff_jitter
-    return max(0.0, min(timers.backoff_max, base + rng.uniform(-spread, spread)))
-
-
-def candidate_type(typ: str) -> CandidateType:
-    return {
-        "host": CandidateType.HOST,
-        "srflx": CandidateType.SRFLX,
-        "prflx": CandidateType.PRFLX,
-        "relay": CandidateType.RELAY,
-    }.get(typ, CandidateType.UNKNOWN)
-
-
-def nat_name(kind: NatKind) -> str:
-    return {
-        NatKind.NO_NAT: "none",
-        NatKind.ENDPOINT_INDEPENDENT: "cone",
-        NatKind.ENDPOINT_DEPENDENT: "symmetric",
-    }.get(kind, "unknown")
-
-
-def has_relay(params: IceParams) -> bool:
-    return any(" typ relay" in c for c in params.candidates)
 
 
 class PunchCore:
@@ -325,49 +231,10 @@ class PunchCore:
             self._set_state(now, PunchStateKind.CHECKING, "path found, waiting for the peer")
         return self._flush()
 
-    def _finish(self, now: float, pair: Selected) -> None:
-        role = self.role
-        assert role is not None
-        relayed = CandidateType.RELAY in (pair.local_type, pair.remote_type)
-        if self.probing and relayed:
-            self._fail(now, Reason.CHECKS_FAILED, "only a relayed pair answered")
-            return
-        self.probing = False
-        self._out.append(CloseSession(self.session, keep_relay=True))
-        self.path_session = self.session
-        self.session, self.deadline, self.attempt = 0, 0.0, 0
-        self.pending, self.peer_confirmed = None, False
-        self.generation += 1
-        self.path = Path(
-            local_port=pair.local_port, endpoint_host=pair.remote_host,
-            endpoint_port=pair.remote_port, role=role, local_type=pair.local_type,
-            remote_type=pair.remote_type, relayed=relayed, generation=self.generation,
-        )  # fmt: skip
-        self.retry_at = 0.0
-        self.probe_attempt, self.probe_at, self.via = 0, 0.0, pair.via
-        if relayed:
-            self.direct_failed = self.direct_failed or (
-                f"no direct candidate pair answered (NAT here {nat_name(self.nat)}, "
-                f"peer {nat_name(self.peer_nat)})"
-            )
-            self.probe_at = now + self.timers.probe_initial
-            self._set_state(now, PunchStateKind.CONNECTED, self._relayed_reason(now))
-        else:
-            self.direct_failed = ""
-            self._set_state(
-                now, PunchStateKind.CONNECTED,
-                f"direct path {pair.local_type.name.lower()}:{pair.local_port} -> "
-                f"{pair.remote_type.name.lower()} {pair.remote_host}:{pair.remote_port}",
-            )  # fmt: skip
-        self._out.append(PublishPath(self.path))
-
-    def _relayed_reason(self, now: float) -> str:
-        text = f"relayed via {self.via or '?'} (TURN); direct failed: {self.direct_failed}"
-        if self.role == Role.CONTROLLING and self.probe_at > now:
-            text += f"; next direct try at {time.strftime('%H:%M:%S', time.gmtime(self.probe_at))}"
-        elif self.role == Role.CONTROLLING and self.probe_at:
-            text += "; next direct try as soon as OTR is secure (Tox online)"
-        return text
+    def on_checks_failed(self, now: float, session: int, detail: str) -> list[Command]:
+        if session == self.session and self.state == PunchStateKind.CHECKING:
+            self._fail(now, Reason.CHECKS_FAILED, detail)
+        return self._flush()
 
     def on_relay_lost(self, now: float) -> list[Command]:
         """Our TURN forwarder is gone (punchd restarted, or the allocation died) while guardd
@@ -384,6 +251,29 @@ class PunchCore:
         elif self.role == Role.CONTROLLED:
             self._out.append(SendParams(IceParams(self.path_session, "", "", restart=True)))
         return self._flush()
+
+    def on_tick(self, now: float) -> list[Command]:
+        if self.deadline and now >= self.deadline:
+            if self.pending is not None:
+                self._count("unconfirmed_paths")
+                self._finish(now, self.pending)
+            elif self.state == PunchStateKind.CHECKING and self.remote is None:
+                self._fail(now, Reason.PEER_TIMEOUT)
+            elif self.state in (PunchStateKind.CHECKING, PunchStateKind.GATHERING):
+                self._fail(now, Reason.CHECKS_FAILED, "no result in time")
+        if self.state == PunchStateKind.BACKOFF and now >= self.retry_at:
+            self._set_state(now, PunchStateKind.IDLE, self._idle_reason())
+        self._maybe_start(now)
+        self._maybe_probe(now)
+        return self._flush()
+
+    # -- relayed paths (the rules and texts are in relayed.py) --------------------------------
+
+    def _relayed_reason(self, now: float) -> str:
+        return relayed.connected_reason(
+            self.via, self.direct_failed, controlling=self.role == Role.CONTROLLING,
+            probe_at=self.probe_at, now=now,
+        )  # fmt: skip
 
     def _maybe_probe(self, now: float) -> None:
         """Controlling, on a relayed path: try a direct punch now and then (with backoff); the
@@ -413,33 +303,47 @@ class PunchCore:
         self._count("probe_failed")
         self.direct_failed = text
         if self.role == Role.CONTROLLING:
-            timers = self.timers
-            step = min(timers.probe_max, timers.probe_initial * 2.0**self.probe_attempt)
-            delay = timers.hopeless_retry if hopeless else step
-            self.probe_at = now + delay * (1 + self.rng.uniform(-0.1, 0.1))
+            self.probe_at = now + relayed.probe_delay(
+                self.timers, self.probe_attempt, hopeless, self.rng
+            )
         self._set_state(now, PunchStateKind.CONNECTED, self._relayed_reason(now))
 
-    def on_checks_failed(self, now: float, session: int, detail: str) -> list[Command]:
-        if session == self.session and self.state == PunchStateKind.CHECKING:
-            self._fail(now, Reason.CHECKS_FAILED, detail)
-        return self._flush()
-
-    def on_tick(self, now: float) -> list[Command]:
-        if self.deadline and now >= self.deadline:
-            if self.pending is not None:
-                self._count("unconfirmed_paths")
-                self._finish(now, self.pending)
-            elif self.state == PunchStateKind.CHECKING and self.remote is None:
-                self._fail(now, Reason.PEER_TIMEOUT)
-            elif self.state in (PunchStateKind.CHECKING, PunchStateKind.GATHERING):
-                self._fail(now, Reason.CHECKS_FAILED, "no result in time")
-        if self.state == PunchStateKind.BACKOFF and now >= self.retry_at:
-            self._set_state(now, PunchStateKind.IDLE, self._idle_reason())
-        self._maybe_start(now)
-        self._maybe_probe(now)
-        return self._flush()
-
     # -- internals ----------------------------------------------------------------------------
+
+    def _finish(self, now: float, pair: Selected) -> None:
+        role = self.role
+        assert role is not None
+        relay_pair = relayed.is_relayed(pair)
+        if self.probing and relay_pair:
+            self._fail(now, Reason.CHECKS_FAILED, "only a relayed pair answered")
+            return
+        self.probing = False
+        self._out.append(CloseSession(self.session, keep_relay=True))
+        self.path_session = self.session
+        self.session, self.deadline, self.attempt = 0, 0.0, 0
+        self.pending, self.peer_confirmed = None, False
+        self.generation += 1
+        self.path = Path(
+            local_port=pair.local_port, endpoint_host=pair.remote_host,
+            endpoint_port=pair.remote_port, role=role, local_type=pair.local_type,
+            remote_type=pair.remote_type, relayed=relay_pair, generation=self.generation,
+        )  # fmt: skip
+        self.retry_at = 0.0
+        self.probe_attempt, self.probe_at, self.via = 0, 0.0, pair.via
+        if relay_pair:
+            self.direct_failed = self.direct_failed or relayed.no_direct_pair(
+                self.nat, self.peer_nat
+            )
+            self.probe_at = now + self.timers.probe_initial
+            self._set_state(now, PunchStateKind.CONNECTED, self._relayed_reason(now))
+        else:
+            self.direct_failed = ""
+            self._set_state(
+                now, PunchStateKind.CONNECTED,
+                f"direct path {pair.local_type.name.lower()}:{pair.local_port} -> "
+                f"{pair.remote_type.name.lower()} {pair.remote_host}:{pair.remote_port}",
+            )  # fmt: skip
+        self._out.append(PublishPath(self.path))
 
     def _controlling_params(self, now: float, params: IceParams) -> None:
         if params.restart:
@@ -478,9 +382,8 @@ class PunchCore:
             return
         self.seen = [*self.seen[-(SEEN_SESSIONS - 1) :], params.session]
         # A session without relay candidates while our path is relayed: the peer's direct probe.
-        relayed_now = self.state == PunchStateKind.CONNECTED or self.probing
-        probe = relayed_now and self.path is not None and self.path.relayed
-        probe = probe and not has_relay(params)
+        connected = self.state == PunchStateKind.CONNECTED or self.probing
+        probe = connected and relayed.is_direct_probe(self.path, params)
         self._abort()
         self.probing = probe
         self.peer_nat = params.nat
@@ -512,8 +415,7 @@ class PunchCore:
     def _fail(self, now: float, reason: Reason, detail: str = "", *, count: bool = True) -> None:
         if self.probing and reason not in (Reason.TUNNEL_DOWN, Reason.PEER_RESTART):
             hopeless = self._hopeless() and reason == Reason.CHECKS_FAILED
-            text = "both NATs are symmetric (endpoint-dependent)" if hopeless else reason.value
-            self._probe_failed(now, text + (f" ({detail})" if detail else ""), hopeless)
+            self._probe_failed(now, relayed.probe_failure(reason.value, detail, hopeless), hopeless)
             return
         self.probing = False
         session = self.session or self.path_session
@@ -544,7 +446,7 @@ class PunchCore:
 
     def _hopeless(self) -> bool:
         relay = (self.gathered is not None and self.gathered.relay > 0) or (
-            self.remote is not None and has_relay(self.remote)
+            self.remote is not None and relayed.has_relay(self.remote)
         )
         symmetric = NatKind.ENDPOINT_DEPENDENT
         return self.nat == symmetric and self.peer_nat == symmetric and not relay

@@ -19,20 +19,20 @@ from collections.abc import Coroutine
 from typing import Any
 
 from punchd import candidates, ice_adapter, relay
-from punchd.core import (
+from punchd.commands import (
     CloseSession,
     Command,
     Gathered,
     PublishPath,
     PublishState,
-    PunchCore,
     Selected,
     SendParams,
     StartChecks,
     StartGather,
-    Timers,
     candidate_type,
 )
+from punchd.core import PunchCore
+from punchd.timers import Timers
 from punchguard import messages
 from punchguard.config import IceConfig
 from punchguard.messages import (

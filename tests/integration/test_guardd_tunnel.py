@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from guardd import keys, uapi
-from guardd.core import POLL_INTERVAL, dead_after
+from guardd.liveness import POLL_INTERVAL, dead_after
 from punchguard.bus import Bus
 from punchguard.messages import GuardStateKind, Path, Role, SignalRecv
 from tests.integration.guardd_lab import PORT, TUNNEL, UNDERLAY, Host, Lab, sh

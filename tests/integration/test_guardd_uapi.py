@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from guardd import backend, keys, uapi
-from guardd.core import DeviceChange, PeerChange
+from guardd.device import DeviceChange, PeerChange
 from tests.integration.guardd_lab import sh
 
 pytestmark = pytest.mark.root

@@ -6,21 +6,17 @@ import ipaddress
 
 import pytest
 
-from guardd.core import (
-    INITIATE_DELAY,
+from guardd.core import INITIATE_DELAY, GuardCore, Identity, Refused, validate_path
+from guardd.device import (
     DeviceChange,
     DeviceSample,
     DeviceWant,
-    GuardCore,
-    Identity,
     PeerChange,
     PeerSample,
-    Refused,
-    dead_after,
     diff,
     parse_endpoint,
-    validate_path,
 )
+from guardd.liveness import dead_after
 from punchguard.messages import GuardStateKind, Path, PunchState, PunchStateKind, Role
 
 PRIV = "0" * 43 + "="

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import struct
 
-from guardd.core import (
-    PROBE_AFTER,
-    PROBE_DEAD,
-    DeviceSample,
-    GuardCore,
-    Identity,
-    PeerSample,
-    Phase,
-    dead_after,
-)
+from guardd.core import GuardCore, Identity, Phase
+from guardd.device import DeviceSample, PeerSample
+from guardd.liveness import PROBE_AFTER, PROBE_DEAD, dead_after
 from guardd.probe import ECHO_REPLY, checksum, echo_request, parse_reply
 from punchguard.messages import Path, Role
 

@@ -13,7 +13,7 @@ import structlog
 
 from guardd import keys
 from guardd.backend import ApplyError
-from guardd.core import DeviceChange, DeviceSample, PeerSample
+from guardd.device import DeviceChange, DeviceSample, PeerSample
 from guardd.runner import Guard, Settings
 from punchguard.bus import Bus
 from punchguard.config import loads

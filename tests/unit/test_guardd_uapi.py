@@ -9,7 +9,7 @@ import ipaddress
 
 import pytest
 
-from guardd.core import DeviceChange, PeerChange
+from guardd.device import DeviceChange, PeerChange
 from guardd.uapi import UapiError, format_set, key_from_hex, key_to_hex, parse_get, parse_set_reply
 
 PRIV_HEX = "08feb915cfa942f4d6165be20552d2d5d24c0718d0dd4948903df3c08f9c6e47"

@@ -10,18 +10,9 @@ from pathlib import Path as FsPath
 import pytest
 
 from guardd import lastpath
-from guardd.core import (
-    INITIATE_DELAY,
-    RESTORE_CHECK,
-    RESTORE_CONTROLLED_DELAY,
-    DeviceSample,
-    GuardCore,
-    Identity,
-    PeerSample,
-    Phase,
-    ValidPath,
-    validate_path,
-)
+from guardd.core import INITIATE_DELAY, GuardCore, Identity, Phase, ValidPath, validate_path
+from guardd.device import DeviceSample, PeerSample
+from guardd.liveness import RESTORE_CHECK, RESTORE_CONTROLLED_DELAY
 from punchguard.messages import Path, Role
 
 PRIV = "0" * 43 + "="

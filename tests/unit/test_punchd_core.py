@@ -6,23 +6,20 @@ import random
 
 import pytest
 
-from punchd.core import (
+from punchd.commands import (
     CloseSession,
     Command,
     Gathered,
     PublishPath,
     PublishState,
-    PunchCore,
-    Reason,
     Selected,
     SendParams,
     StartChecks,
     StartGather,
-    Timers,
-    backoff_delay,
     candidate_type,
-    choose_role,
 )
+from punchd.core import PunchCore, Reason, choose_role
+from punchd.timers import Timers, backoff_delay
 from punchguard import messages
 from punchguard.messages import (
     CandidateType,

@@ -7,18 +7,18 @@ import asyncio
 import random
 from typing import Any, cast
 
-from punchd.core import (
+from punchd.commands import (
     CloseSession,
     Command,
     PublishPath,
-    PunchCore,
     Selected,
     SendParams,
     StartChecks,
     StartGather,
-    Timers,
 )
+from punchd.core import PunchCore
 from punchd.relay import LOOPBACK, Forwarder, Relays
+from punchd.timers import Timers
 from punchguard.messages import CandidateType, GuardStateKind, IceParams, NatKind, PunchStateKind
 from tests.unit.test_punchd_core import ADDR_A, ADDR_B, KEY_A, KEY_B, gathered, of, ready_core
 

@@ -38,8 +38,10 @@ from otrd.identity import fingerprint
 from otrd.potr_compat import OtrDSAKey, generate_key
 from otrd.session import OtrSession, Timing
 from punchd import candidates
-from punchd.core import PunchCore, StartChecks, Timers
+from punchd.commands import StartChecks
+from punchd.core import PunchCore
 from punchd.runner import Runner as PunchRunner
+from punchd.timers import Timers
 from punchguard import config, invite
 from punchguard import messages as m
 from punchguard.bus import Bus
